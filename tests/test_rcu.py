@@ -1,0 +1,89 @@
+"""RCU (Res_CBAM block) against the PyTorch goldens: standalone case and the three RCUs of the full forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from beltcrack_jax.convert import map_state_dict
+from beltcrack_jax.models.rcu import ResCBAM
+
+FULL_TOL = 1e-4     # full-forward intermediates: max|Δ| <= FULL_TOL * max|ref|
+MODULE_TOL = 2e-4   # standalone module cases
+
+
+def assert_close(actual, ref_nchw, tol, what):
+    ref = np.asarray(ref_nchw).transpose(0, 2, 3, 1)
+    actual = np.asarray(actual)
+    assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != {ref.shape}"
+    err, scale = np.abs(actual - ref).max(), np.abs(ref).max()
+    assert err <= tol * scale, f"{what}: max|Δ| {err:.3g} > {tol} * max|ref| {scale:.3g}"
+
+
+def load(module, state_dict, prefix, *inputs):
+    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
+    variables, _ = map_state_dict(abstract, state_dict, prefix=prefix)
+    return variables
+
+
+def random_variables(module, *inputs, seed=0):
+    """Variables of the right shapes without running `init` (no compile): N(0, 0.1) weights, running var 1."""
+    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if path[-1].key == "var":
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def test_rcu_golden(golden):
+    m = golden("modules_io")
+    x = jnp.asarray(m["rcu/in/x"]).transpose(0, 2, 3, 1)      # (1, 20, 28, 256)
+    params = {k[len("rcu/param/"):]: m[k] for k in m.files if k.startswith("rcu/param/")}
+    block = ResCBAM(128)
+    variables = load(block, params, "neck.resblock0.", x)
+    assert variables["params"]["ca"]["fc1"]["kernel"].shape == (1, 1, 128, 8)
+    assert_close(jax.jit(block.apply)(variables, x), m["rcu/out/y"], MODULE_TOL, "rcu")
+
+
+@pytest.mark.parametrize("name, inputs", [
+    ("resblock0", ("conv_fin_mix", "conv_fre_new")),   # RCU1 = [F_st, F_flt]
+    ("resblock1", ("conv_fre_new", "conv_t")),         # RCU2 = [F_flt, F_fgt]
+    ("resblock2", ("resblock0", "resblock1")),         # RCU3 = [RCU1, RCU2]
+])
+def test_rcu_full_forward(golden, name, inputs):
+    m = golden("modules_io")
+    x = jnp.concatenate([jnp.asarray(m[f"full_intermediates/neck.{i}"]) for i in inputs], 1).transpose(0, 2, 3, 1)
+    block = ResCBAM(128)
+    variables = load(block, golden("reference_state_dict"), f"neck.{name}.", x)
+    assert_close(jax.jit(block.apply)(variables, x), m[f"full_intermediates/neck.{name}"], FULL_TOL, name)
+
+
+def test_rcu_width_scaled_train():
+    """features=16 from 32 input channels: ratio-16 CA hidden = 1; train mode updates the BN statistics."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
+    block = ResCBAM(16)
+    variables = random_variables(block, x)
+    assert variables["params"]["ca"]["fc1"]["kernel"].shape == (1, 1, 16, 1)
+    assert variables["params"]["sa"]["conv1"]["kernel"].shape == (7, 7, 2, 1)
+    assert variables["params"]["shortcut"]["0"]["kernel"].shape == (1, 1, 32, 16)
+    y, new = jax.jit(lambda v, a: block.apply(v, a, train=True, mutable=["batch_stats"]))(variables, x)
+    assert y.shape == (2, 8, 8, 16) and bool(jnp.all(y >= 0))
+    for bn in ("bn1", "bn2"):
+        assert float(jnp.abs(new["batch_stats"][bn]["mean"]).max()) > 0
+    assert float(jnp.abs(new["batch_stats"]["shortcut"]["1"]["mean"]).max()) > 0
+
+
+def test_rcu_identity_shortcut_when_channels_match():
+    """As in the reference, the 1x1 conv + BN shortcut exists only when the channel count changes."""
+    x = jnp.zeros((1, 4, 4, 16))
+    abstract = jax.eval_shape(ResCBAM(16).init, jax.random.key(0), x)
+    assert "shortcut" not in abstract["params"]
+
+
+def test_rcu_bad_input():
+    with pytest.raises(ValueError, match="ResCBAM: expected x of shape"):
+        ResCBAM(16).init(jax.random.key(0), jnp.zeros((8, 8, 32)))
