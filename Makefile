@@ -1,0 +1,30 @@
+# beltcrack-jax — the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+WORKDIR ?= workdirs/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Short train + eval on the embedded synthetic `demo` data (CPU, a few minutes); prints mAP50 / P / R / F1.
+demo: install
+	$(PY) train.py --config configs/demo.py --workdir $(WORKDIR)
+
+# The test suite (4 simulated CPU devices). Slow cases run in their cheap form; `make test-slow` runs them in full.
+test: install
+	$(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache
