@@ -1,0 +1,109 @@
+"""Dataset presets for the synthetic BeltCrack generator.
+
+Every length is in *native* pixels of the preset (``width`` x ``height``); ``scale`` shrinks the output frames and
+all lengths together (areas by ``scale**2``), so a 1920x1080 preset can be generated small for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+VIEWS = ("top-down", "bottom-up")
+LIGHTS = ("morning", "noon", "evening", "night")
+WEATHERS = ("clear", "rain", "snow")
+
+# Box-area classes of the paper's Table 1 (native pixels^2): tiny < 100 <= small < 32^2 <= medium < 96^2 <= large
+# < 100 000 <= huge. The two middle bounds follow the COCO small/medium/large convention.
+AREA_CLASSES = (("tiny", 0.0), ("small", 100.0), ("medium", 32.0**2), ("large", 96.0**2), ("huge", 100_000.0))
+
+
+def area_class(area_native: float) -> str:
+    """Name of the Table 1 area class of a box area given in native pixels^2."""
+    name = AREA_CLASSES[0][0]
+    for n, lo in AREA_CLASSES:
+        if area_native >= lo:
+            name = n
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Parameters of one synthetic dataset flavour (lengths in native pixels, speeds in native px/frame)."""
+
+    name: str
+    width: int
+    height: int
+    num_sequences: int
+    frames: tuple[int, int]  # frames per sequence, inclusive range
+    splits: tuple[tuple[str, float], ...]  # split name -> fraction of sequences
+    scale: float = 1.0
+    speed: tuple[float, float] = (4.0, 20.0)  # belt speed in image px/frame at the image centre
+    cracks_per_frame: float = 2.0  # target mean number of visible cracks on an annotated frame (documentation/tests)
+    zone_cracks: float = 2.0  # mean cracks per damaged zone: the knob, tuned so that the measured mean hits the target
+    crack_length: tuple[float, float] = (12.0, 1200.0)  # log-uniform main-stem length
+    crack_width: tuple[float, float] = (1.0, 6.0)
+    crack_depth: tuple[float, float] = (0.55, 0.85)  # darkening of the crack core (saliency)
+    crack_soft: float = 0.6  # Gaussian softening of the crack edges (native px)
+    crack_halo: float = 0.5  # strength of the faint dark halo around the crack (saliency at low resolution)
+    orientation: tuple[float, float, float] = (0.55, 0.2, 0.25)  # P(transverse), P(longitudinal), P(oblique)
+    p_branch: float = 0.35
+    zone_spread: float = 0.45  # extent of a damaged zone along the belt, in visible-belt lengths
+    clean_gap: tuple[float, float] = (0.1, 0.8)  # ordinary gap between damaged zones, in visible-belt lengths
+    p_clean_stretch: float = 0.25  # probability that a gap is instead a long crack-free stretch ...
+    clean_stretch: tuple[float, float] = (1.1, 2.5)  # ... of this length (visible-belt lengths): crack-free frames
+    distractors: float = 1.0  # density multiplier of stains / scratches / lumps
+    spill: float = 1.0  # density multiplier of spilled-material piles (occluders)
+    p_occlude: float = 0.25  # probability that a spill pile is dropped on a crack
+    far_ratio: tuple[float, float] = (0.5, 0.78)  # belt width at the far image edge / at the near edge (perspective)
+    view_p: tuple[float, float] = (0.6, 0.4)
+    light_p: tuple[float, float, float, float] = (0.3, 0.35, 0.25, 0.1)
+    weather_p: tuple[float, float, float] = (0.6, 0.25, 0.15)
+    jpeg_quality: tuple[int, int] = (72, 92)
+    sensor_noise: float = 1.0
+    min_visible_px: float = 12.0  # crack pixels (native) that must stay visible for a box
+    min_visible_floor: int = 3  # ... but never fewer than this many output pixels
+    min_darkening: float = 0.18  # a crack pixel is visible where it darkens the belt by at least this fraction
+
+    def with_scale(self, scale: float) -> "Preset":
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale!r}")
+        return dataclasses.replace(self, scale=float(scale))
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(width, height) of the written frames."""
+        return max(16, int(round(self.width * self.scale))), max(16, int(round(self.height * self.scale)))
+
+
+_SPLIT_622 = (("train", 0.6), ("val", 0.2), ("test", 0.2))
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny", width=192, height=108, num_sequences=4, frames=(8, 12),
+        splits=(("train", 0.5), ("val", 0.25), ("test", 0.25)),
+        speed=(1.5, 3.5), cracks_per_frame=1.8, zone_cracks=1.5, crack_length=(14.0, 90.0), crack_width=(1.3, 2.6),
+        crack_depth=(0.6, 0.85), crack_soft=0.3, zone_spread=0.35, p_clean_stretch=0.4,
+        distractors=0.8, spill=0.6, jpeg_quality=(85, 92), min_visible_px=6.0,
+    ),
+    "demo": Preset(
+        name="demo", width=320, height=180, num_sequences=16, frames=(24, 40), splits=_SPLIT_622,
+        speed=(2.0, 6.0), cracks_per_frame=1.8, zone_cracks=1.6, crack_length=(30.0, 200.0), crack_width=(2.0, 4.5),
+        crack_depth=(0.65, 0.9), crack_soft=0.35, zone_spread=0.4, p_clean_stretch=0.35, far_ratio=(0.62, 0.85),
+        distractors=1.0, spill=0.8, jpeg_quality=(80, 92), min_visible_px=10.0,
+    ),
+    "14ks-like": Preset(
+        name="14ks-like", width=1920, height=1080, num_sequences=29, frames=(300, 680), splits=_SPLIT_622,
+        speed=(4.0, 18.0), cracks_per_frame=2.8, zone_cracks=3.05, crack_length=(12.0, 1300.0), crack_width=(1.5, 6.0),
+        crack_depth=(0.65, 0.92), crack_soft=0.6, crack_halo=0.7, zone_spread=0.5, p_clean_stretch=0.2,
+        distractors=0.9, spill=0.8,
+    ),
+    "9kd-like": Preset(
+        name="9kd-like", width=1920, height=1080, num_sequences=42, frames=(120, 340),
+        splits=(("train", 0.8), ("test", 0.2)),
+        speed=(14.0, 40.0), cracks_per_frame=1.3, zone_cracks=1.3, crack_length=(12.0, 900.0),
+        crack_width=(1.3, 4.5), crack_depth=(0.35, 0.6), crack_halo=0.25, min_darkening=0.12, crack_soft=1.1,
+        zone_spread=0.3,
+        clean_gap=(0.3, 1.0), p_clean_stretch=0.12, distractors=1.8, spill=1.4,
+        weather_p=(0.45, 0.35, 0.2), light_p=(0.25, 0.25, 0.35, 0.15), sensor_noise=1.4, jpeg_quality=(62, 85),
+    ),
+}
