@@ -1,0 +1,38 @@
+"""BeltCrackDet network in Flax (NHWC). `build_model(config)` is the only constructor the rest of the code uses."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+
+from beltcrack_jax.models.detector import BeltCrackDet
+
+MODEL_FIELDS = ("num_frames", "num_classes", "depth", "backbone_width", "width", "hsm", "atm", "wfm", "rcu",
+                "per_frame_bn_stats")
+
+
+_MISSING = object()
+
+
+def _field(cfg: Any, name: str) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, _MISSING)
+    return getattr(cfg, name, _MISSING)
+
+
+def build_model(config: Any) -> nn.Module:
+    """BeltCrackDet from a config: either the full `get_config()` ConfigDict (its `.model` field is used) or
+    that `.model` field itself (a ConfigDict, dict or any object with the fields of `configs/default.py`'s `model`
+    section; a field left out takes BeltCrackDet's default, which equals the reference)."""
+    model_cfg = config
+    if _field(config, "num_frames") is _MISSING and _field(config, "model") is not _MISSING:
+        model_cfg = _field(config, "model")
+    kwargs = {name: _field(model_cfg, name) for name in MODEL_FIELDS}
+    kwargs = {k: v for k, v in kwargs.items() if v is not _MISSING}
+    if "rcu" in kwargs:
+        kwargs["rcu"] = int(kwargs["rcu"])
+    return BeltCrackDet(**kwargs)
+
+
+__all__ = ["BeltCrackDet", "build_model", "MODEL_FIELDS"]

@@ -1,0 +1,189 @@
+"""Per-frame backbone: CSPDarknet-S + the top-down half of YOLOX's PAFPN, returning P3 (stride 8) only.
+
+Mirrors the reference `YOLOPAFPN(depth=0.33, width=0.50)` (spec §1.2); every submodule carries the PyTorch
+attribute name, so the state-dict keys `backbone.backbone.stem.conv.conv.weight`, `backbone.backbone.dark2.1.m.0...`,
+`backbone.lateral_conv0...`, `backbone.C3_p4...` map mechanically (see `beltcrack_jax.convert`).
+
+Every module takes `frame_groups`, handed to each BatchNorm: when the leading axis holds B clips x G frames
+(b-major), train-mode statistics are computed per frame and the running statistics are updated G times, as the
+reference's G separate backbone calls do (see `layers.BatchNorm`). Channel counts are the YOLOX-S ones multiplied
+by `width` (`layers.scaled`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from beltcrack_jax.models.layers import BaseConv, scaled
+
+
+class Bottleneck(nn.Module):
+    """YOLOX Bottleneck (expansion 1.0): 1x1 BaseConv -> 3x3 BaseConv (+ input if `shortcut`). (N,H,W,C)->(N,H,W,F)."""
+
+    features: int
+    shortcut: bool = True
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = BaseConv(self.features, 1, frame_groups=self.frame_groups, name="conv1")(x, train)
+        y = BaseConv(self.features, 3, frame_groups=self.frame_groups, name="conv2")(y, train)
+        if self.shortcut and x.shape[-1] == self.features:
+            y = y + x
+        return y
+
+
+class BottleneckStack(nn.Module):
+    """The CSPLayer's `m` (an nn.Sequential of `n` Bottlenecks, children "0", "1", ...)."""
+
+    features: int
+    n: int
+    shortcut: bool = True
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for i in range(self.n):
+            x = Bottleneck(self.features, self.shortcut, self.frame_groups, name=str(i))(x, train)
+        return x
+
+
+class CSPLayer(nn.Module):
+    """YOLOX CSPLayer: hidden h = features/2; concat[m(conv1(x)), conv2(x)] -> 1x1 conv3. (N,H,W,Cin)->(N,H,W,F)."""
+
+    features: int
+    n: int = 1
+    shortcut: bool = True
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        hidden = max(1, int(self.features * 0.5))
+        g = self.frame_groups
+        a = BaseConv(hidden, 1, frame_groups=g, name="conv1")(x, train)
+        b = BaseConv(hidden, 1, frame_groups=g, name="conv2")(x, train)
+        a = BottleneckStack(hidden, self.n, self.shortcut, g, name="m")(a, train)
+        return BaseConv(self.features, 1, frame_groups=g, name="conv3")(jnp.concatenate([a, b], -1), train)
+
+
+class SPPBottleneck(nn.Module):
+    """SPP: 1x1 BaseConv to features/2, max-pools 5/9/13 (stride 1, -inf padding), concat [x, p5, p9, p13], 1x1 BaseConv."""
+
+    features: int
+    kernel_sizes: tuple[int, ...] = (5, 9, 13)
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = BaseConv(max(1, x.shape[-1] // 2), 1, frame_groups=self.frame_groups, name="conv1")(x, train)
+        # flax's max_pool pads with the reduction's identity (-inf), exactly like PyTorch's MaxPool2d.
+        pools = [nn.max_pool(x, (k, k), strides=(1, 1), padding=((k // 2, k // 2),) * 2) for k in self.kernel_sizes]
+        x = jnp.concatenate([x] + pools, -1)
+        return BaseConv(self.features, 1, frame_groups=self.frame_groups, name="conv2")(x, train)
+
+
+class Focus(nn.Module):
+    """Stem: space-to-depth [x[::2,::2], x[1::2,::2], x[::2,1::2], x[1::2,1::2]] -> 3x3 BaseConv. (N,H,W,3)->(N,H/2,W/2,F)."""
+
+    features: int
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if x.shape[1] % 2 or x.shape[2] % 2:
+            raise ValueError(f"Focus needs even H and W, got {x.shape[1]}x{x.shape[2]}")
+        tl, bl = x[:, ::2, ::2], x[:, 1::2, ::2]
+        tr, br = x[:, ::2, 1::2], x[:, 1::2, 1::2]
+        x = jnp.concatenate([tl, bl, tr, br], -1)
+        return BaseConv(self.features, 3, frame_groups=self.frame_groups, name="conv")(x, train)
+
+
+class DarkStage(nn.Module):
+    """One CSPDarknet stage `dark2..dark5` (an nn.Sequential): "0" = 3x3 s2 BaseConv, then CSPLayer ("1"),
+    or for the last stage SPP ("1") + CSPLayer without shortcut ("2"). (N,H,W,Cin)->(N,ceil(H/2),ceil(W/2),F)."""
+
+    features: int
+    n: int
+    last: bool = False
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        g = self.frame_groups
+        x = BaseConv(self.features, 3, stride=2, frame_groups=g, name="0")(x, train)
+        if self.last:
+            x = SPPBottleneck(self.features, frame_groups=g, name="1")(x, train)
+            return CSPLayer(self.features, self.n, shortcut=False, frame_groups=g, name="2")(x, train)
+        return CSPLayer(self.features, self.n, shortcut=True, frame_groups=g, name="1")(x, train)
+
+
+class CSPDarknet(nn.Module):
+    """CSPDarknet (YOLOX) returning (dark3, dark4, dark5) at strides 8, 16, 32.
+
+    Channels for depth 0.33 / backbone_width 0.5 / width 1: 32 (stem) -> 64 -> 128 -> 256 -> 512.
+    """
+
+    depth: float = 0.33
+    backbone_width: float = 0.5
+    width: float = 1.0
+    frame_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+        base = int(self.backbone_width * 64)
+        d = max(round(self.depth * 3), 1)
+        g = self.frame_groups
+
+        def ch(c: int) -> int:
+            return scaled(c, self.width)
+
+        x = Focus(ch(base), frame_groups=g, name="stem")(x, train)
+        x = DarkStage(ch(base * 2), d, frame_groups=g, name="dark2")(x, train)
+        c3 = DarkStage(ch(base * 4), d * 3, frame_groups=g, name="dark3")(x, train)
+        c4 = DarkStage(ch(base * 8), d * 3, frame_groups=g, name="dark4")(c3, train)
+        c5 = DarkStage(ch(base * 16), d, last=True, frame_groups=g, name="dark5")(c4, train)
+        return c3, c4, c5
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour x2 upsampling of (N,H,W,C) (PyTorch `nn.Upsample(scale_factor=2, mode='nearest')`)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class YOLOPAFPN(nn.Module):
+    """CSPDarknet + top-down PAFPN path, P3 output only (the reference has no bottom-up path).
+
+    (N,H,W,3) -> (N,H/8,W/8,P3) with P3 = 256·backbone_width·width (128 for the reference). H and W must be
+    multiples of 32 (the stride-32 map is upsampled and concatenated with the stride-16 one).
+    """
+
+    depth: float = 0.33
+    backbone_width: float = 0.5
+    width: float = 1.0
+    frame_groups: int = 1
+
+    @property
+    def out_channels(self) -> int:
+        return scaled(int(256 * self.backbone_width), self.width)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"YOLOPAFPN expects (N,H,W,3) images, got shape {x.shape}")
+        if x.shape[1] % 32 or x.shape[2] % 32:
+            raise ValueError(f"YOLOPAFPN needs H and W divisible by 32, got {x.shape[1]}x{x.shape[2]}")
+        g = self.frame_groups
+        n = max(round(self.depth * 3), 1)
+
+        def ch(c: float) -> int:
+            return scaled(int(c * self.backbone_width), self.width)
+
+        c3, c4, c5 = CSPDarknet(self.depth, self.backbone_width, self.width, g, name="backbone")(x, train)
+        p5 = BaseConv(ch(512), 1, frame_groups=g, name="lateral_conv0")(c5, train)
+        p4 = jnp.concatenate([upsample2x(p5), c4], -1)
+        p4 = CSPLayer(ch(512), n, shortcut=False, frame_groups=g, name="C3_p4")(p4, train)
+        p4 = BaseConv(ch(256), 1, frame_groups=g, name="reduce_conv1")(p4, train)
+        p3 = jnp.concatenate([upsample2x(p4), c3], -1)
+        return CSPLayer(ch(256), n, shortcut=False, frame_groups=g, name="C3_p3")(p3, train)

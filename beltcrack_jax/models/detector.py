@@ -1,0 +1,71 @@
+"""BeltCrackDet: per-frame backbone -> triple-domain neck -> one-level YOLOX head (reference `slowfastnet`).
+
+    clips (B,T,H,W,3) float32, ImageNet-normalised RGB, key frame last (index T-1)
+      backbone  YOLOPAFPN once on the (B*T,H,W,3) frames (T folded into the batch, b-major)  -> (B,T,H/8,W/8,C)
+      neck      HSM / ATM / WFM / RCUs (see `neck.py`, incl. the Table 5 ablation rule)     -> (B,H/8,W/8,C)
+      head      YOLOXHead                                                                   -> (B,H/8,W/8,5+K)
+
+Output channels `[tx, ty, tw, th, obj_logit, cls_logit_0..K-1]`, raw. C = 128·width (reference: 128).
+Input requirement: H and W multiples of 32 (the FPN concatenates the upsampled stride-32 map with the
+stride-16 one, and the TAR hourglass of ATM halves H/8 twice and doubles it back).
+Train mode: call with `train=True` and `mutable=['batch_stats']`. With `per_frame_bn_stats` every backbone
+BatchNorm normalises each frame with its own statistics and updates its running statistics T times in frame
+order, as the reference's T separate backbone calls do.
+"""
+
+from __future__ import annotations
+
+import jax
+import flax.linen as nn
+
+from beltcrack_jax.models.backbone import YOLOPAFPN
+from beltcrack_jax.models.head import YOLOXHead
+from beltcrack_jax.models.neck import Neck, neck_uses_frames
+
+
+class BeltCrackDet(nn.Module):
+    """The full detector; fields mirror `config.model` (see configs/default.py)."""
+
+    num_frames: int = 5
+    num_classes: int = 1
+    depth: float = 0.33
+    backbone_width: float = 0.5
+    width: float = 1.0
+    hsm: bool = True
+    atm: bool = True
+    wfm: bool = True
+    rcu: int = 3
+    per_frame_bn_stats: bool = True
+
+    def check_input(self, clips) -> None:
+        """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
+        shape = tuple(clips.shape)
+        expected = f"(B, T={self.num_frames}, H, W, 3) with H and W multiples of 32"
+        if len(shape) != 5:
+            raise ValueError(f"BeltCrackDet expects clips of shape {expected}; got rank {len(shape)} shape {shape}")
+        _, t, h, w, c = shape
+        if t != self.num_frames:
+            raise ValueError(f"BeltCrackDet expects T={self.num_frames} frames (axis 1) {expected}; got {shape}")
+        if c != 3:
+            raise ValueError(f"BeltCrackDet expects 3 (RGB) channels on the last axis {expected}; got {shape}")
+        if h % 32 or w % 32 or h == 0 or w == 0:
+            raise ValueError(f"BeltCrackDet expects H and W to be positive multiples of 32 {expected}; got {shape}")
+
+    @nn.compact
+    def __call__(self, clips: jax.Array, train: bool = False) -> jax.Array:
+        self.check_input(clips)
+        b, t, h, w, _ = clips.shape
+        multi = neck_uses_frames(self.hsm, self.atm, self.wfm, self.rcu)
+        if multi:
+            frames, groups = clips.reshape(b * t, h, w, 3), (t if self.per_frame_bn_stats else 1)
+        else:  # "w/o All": a single-frame detector on the key frame
+            frames, groups = clips[:, -1], 1
+        backbone = YOLOPAFPN(self.depth, self.backbone_width, self.width, frame_groups=groups, name="backbone")
+        p3 = backbone(frames, train)
+        if multi:
+            feats = p3.reshape((b, t) + p3.shape[1:])
+            self.sow("intermediates", "backbone_feats", feats)
+            fused = Neck(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, name="neck")(feats, train)
+        else:
+            fused = p3
+        return YOLOXHead(self.num_classes, self.width, name="head")(fused, train)

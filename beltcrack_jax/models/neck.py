@@ -1,0 +1,97 @@
+"""The BeltCrackDet neck: spatial (HSM), temporal (ATM) and frequency (WFM) branches fused by RCUs.
+
+    feats (B,T,h,w,C) per-frame P3 features, key frame F_key = feats[:, -1]
+    F_S            = hsm(feats)                                   spatial branch
+    F_T            = atm(feats)                                   temporal branch
+    F_st           = conv_fin_mix(concat[F_S, F_T])               2C -> 2C -> C (3x3 BaseConvs)
+    F_flt, F_fgt   = wfm(feats, F_T)                              frequency branch (local / global)
+    RCU1           = resblock0(concat[F_st, F_flt])
+    RCU2           = resblock1(concat[F_flt, F_fgt])
+    RCU3           = resblock2(concat[RCU1, RCU2])                -> head
+
+Ablation rule (paper Table 5; the reference itself has no ablation code). Switches `hsm`, `atm`, `wfm` (bool)
+and `rcu` (0..3); all on with rcu=3 is the reference network. Only the modules a setting uses are built.
+
+1. F_st exists if hsm or atm is on: conv_fin_mix(concat[F_S, F_T]) when both are on, else the one available.
+2. WFM needs F_T; with atm off the key-frame feature F_key takes its place.
+3. An RCU input whose branch is off is replaced by F_key.
+4. rcu = k builds RCU1..RCUk. The head receives the sum of the "open ends", i.e. the features computed but not
+   consumed by a later unit:
+   rcu 0: F_st + F_flt + F_fgt (those that exist); rcu 1: RCU1 + F_fgt (if wfm); rcu 2: RCU1 + RCU2; rcu 3: RCU3.
+5. Nothing on at all (rcu 0, no branch) = "w/o All": the key-frame feature itself (the detector then runs the
+   backbone on the key frame only: single-frame YOLOX-S on P3).
+
+Table 5 rows read cumulatively: w/o All = all off, rcu 0; +HSM = hsm; +ATM = hsm, atm; +WFM = hsm, atm, wfm
+(rcu 0); +RCU = rcu 1, 2, 3 (3 = the full model). A row with one module alone = that switch only.
+
+Intermediates are sown into the `intermediates` collection under the golden names (`neck.conv_fin_mix`,
+`neck.resblock0/1/2`; the branches sow their own), read them with `apply(..., mutable=['intermediates'])`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from beltcrack_jax.models.atm import ATM
+from beltcrack_jax.models.hsm import HSM
+from beltcrack_jax.models.layers import ConvSequence
+from beltcrack_jax.models.rcu import ResCBAM
+from beltcrack_jax.models.wfm import WFM
+
+
+def neck_uses_frames(hsm: bool, atm: bool, wfm: bool, rcu: int) -> bool:
+    """Whether a neck setting looks at anything besides the key frame (False only for "w/o All")."""
+    return bool(hsm or atm or wfm or rcu)
+
+
+class Neck(nn.Module):
+    """(B,T,h,w,C) per-frame features -> (B,h,w,C) fused key-frame feature. See the module docstring."""
+
+    channels: int
+    hsm: bool = True
+    atm: bool = True
+    wfm: bool = True
+    rcu: int = 3
+
+    @nn.compact
+    def __call__(self, feats: jax.Array, train: bool = False) -> jax.Array:
+        if feats.ndim != 5 or feats.shape[-1] != self.channels:
+            raise ValueError(f"Neck expects (B,T,h,w,{self.channels}) features, got shape {tuple(feats.shape)}")
+        if self.rcu not in (0, 1, 2, 3):
+            raise ValueError(f"Neck: rcu must be 0, 1, 2 or 3, got {self.rcu}")
+        c = self.channels
+        f_key = feats[:, -1]
+
+        f_s = f_t = f_st = f_flt = f_fgt = None
+        if self.hsm:
+            f_s = HSM(c, name="hsm")(feats, train)
+        if self.atm:
+            f_t = ATM(c, name="atm")(feats, train)
+        if f_s is not None and f_t is not None:
+            f_st = ConvSequence((2 * c, c), name="conv_fin_mix")(jnp.concatenate([f_s, f_t], -1), train)
+            self.sow("intermediates", "neck.conv_fin_mix", f_st)
+        else:
+            f_st = f_s if f_s is not None else f_t
+        if self.wfm:
+            f_flt, f_fgt = WFM(c, name="wfm")(feats, f_key if f_t is None else f_t, train)
+
+        if self.rcu == 0:
+            ends = [f for f in (f_st, f_flt, f_fgt) if f is not None]
+            return f_key if not ends else sum(ends[1:], ends[0])
+
+        def or_key(f):
+            return f_key if f is None else f
+
+        rcu1 = ResCBAM(c, name="resblock0")(jnp.concatenate([or_key(f_st), or_key(f_flt)], -1), train)
+        self.sow("intermediates", "neck.resblock0", rcu1)
+        if self.rcu == 1:
+            return rcu1 if f_fgt is None else rcu1 + f_fgt
+        rcu2 = ResCBAM(c, name="resblock1")(jnp.concatenate([or_key(f_flt), or_key(f_fgt)], -1), train)
+        self.sow("intermediates", "neck.resblock1", rcu2)
+        if self.rcu == 2:
+            return rcu1 + rcu2
+        rcu3 = ResCBAM(c, name="resblock2")(jnp.concatenate([rcu1, rcu2], -1), train)
+        self.sow("intermediates", "neck.resblock2", rcu3)
+        return rcu3
