@@ -1,0 +1,128 @@
+"""Checkpoints with orbax: train state + data-iterator state + config JSON, restorable onto any mesh.
+
+Layout of a workdir:
+  <workdir>/config.json              the run's config (written once, before the first step): a later start with a
+                                     different config (outside `RUN_CONTROL_KEYS`) is refused, nothing is touched
+  <workdir>/checkpoints/<step>/      orbax step folders: state (StandardSave), data_iter (grain per-process JSON),
+                                     config (JsonSave)
+Restore takes an abstract state carrying the CURRENT mesh's shardings, so a checkpoint written on 4 devices
+restores onto 1 (or 2 processes × 2 devices) and vice versa.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import jax.experimental.multihost_utils
+import orbax.checkpoint as ocp
+
+# Config fields that may change between a run and its resumption (they do not change what is trained).
+RUN_CONTROL_KEYS = ("train.log_every_steps", "train.progress_bar", "train.checkpoint_every_steps",
+                    "train.checkpoint_every_epochs", "train.eval_every_steps", "train.eval_every_epochs",
+                    "train.max_to_keep", "train.num_train_steps", "train.cpu_peak_flops", "train.peak_flops",
+                    "train.async_checkpoints", "eval.")
+
+
+class IncompatibleWorkdirError(ValueError):
+    """The workdir holds a run with another config, or a checkpoint that does not fit the model."""
+
+
+def config_to_json(config) -> dict[str, Any]:
+    """JSON-safe dict of a ConfigDict (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str))
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> list[str]:
+    a, b = _flat(stored), _flat(current)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore):
+            continue
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            diffs.append(f"{k}: stored {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}")
+    return diffs
+
+
+class Checkpointer:
+    """Wraps `ocp.CheckpointManager`; every process must call `save`/`restore` (orbax coordinates them)."""
+
+    def __init__(self, workdir: str, config, *, max_to_keep: int = 3, async_save: bool = True):
+        self.workdir = os.path.abspath(workdir)
+        self.config_json = config_to_json(config)
+        self._claim_workdir()
+        self.manager = ocp.CheckpointManager(
+            os.path.join(self.workdir, "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=async_save),
+            item_names=("state", "data_iter", "config"))
+
+    def _claim_workdir(self) -> None:
+        path = os.path.join(self.workdir, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                stored = json.load(f)
+            diffs = config_differences(stored, self.config_json)
+            if diffs:
+                raise IncompatibleWorkdirError(
+                    f"workdir {self.workdir} holds a run with a different config ({len(diffs)} difference(s): "
+                    + "; ".join(diffs[:10]) + ("; ..." if len(diffs) > 10 else "")
+                    + "). Use a new --workdir, or the original config; nothing was changed.")
+            return
+        if os.path.isdir(os.path.join(self.workdir, "checkpoints")) and os.listdir(
+                os.path.join(self.workdir, "checkpoints")):
+            raise IncompatibleWorkdirError(
+                f"workdir {self.workdir} has checkpoints but no config.json: not a run of this trainer; "
+                "use a new --workdir")
+        jax.experimental.multihost_utils.sync_global_devices("beltcrack_claim_workdir_start")
+        if jax.process_index() == 0:
+            os.makedirs(self.workdir, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.config_json, f, indent=2, sort_keys=True)
+            os.replace(path + ".tmp", path)
+        jax.experimental.multihost_utils.sync_global_devices("beltcrack_claim_workdir_done")
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iter=None, force: bool = True) -> bool:
+        items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(self.config_json)}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, abstract_state, data_iter=None, step: int | None = None):
+        """State restored onto the shardings carried by `abstract_state` (jax.ShapeDtypeStruct leaves);
+        `data_iter` (if given) is set to the saved position in place."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.workdir}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax raises various types for structure / shape mismatches
+            raise IncompatibleWorkdirError(
+                f"checkpoint {step} in {self.workdir} does not fit the current model/optimiser "
+                f"({type(e).__name__}: {str(e)[:600]})") from e
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
