@@ -15,9 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Short train + eval on the embedded synthetic `demo` data (CPU, a few minutes); prints mAP50 / P / R / F1.
+# Short train + eval on the embedded synthetic `demo` data (CPU, a few minutes); prints mAP50 / P / R / F1
+# and where the metrics and plots were written.
 demo: install
 	$(PY) train.py --config configs/demo.py --workdir $(WORKDIR)
+	$(PY) evaluate.py --config configs/demo.py --workdir $(WORKDIR) --output_dir $(WORKDIR)/eval
 
 # The test suite (4 simulated CPU devices). Slow cases run in their cheap form; `make test-slow` runs them in full.
 test: install

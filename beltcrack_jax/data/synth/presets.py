@@ -86,10 +86,11 @@ PRESETS: dict[str, Preset] = {
         distractors=0.8, spill=0.6, jpeg_quality=(85, 92), min_visible_px=6.0,
     ),
     "demo": Preset(
-        name="demo", width=320, height=180, num_sequences=16, frames=(24, 40), splits=_SPLIT_622,
-        speed=(2.0, 6.0), cracks_per_frame=1.8, zone_cracks=1.6, crack_length=(30.0, 200.0), crack_width=(2.0, 4.5),
-        crack_depth=(0.65, 0.9), crack_soft=0.35, zone_spread=0.4, p_clean_stretch=0.35, far_ratio=(0.62, 0.85),
-        distractors=1.0, spill=0.8, jpeg_quality=(80, 92), min_visible_px=10.0,
+        # Learnable in minutes at 128 px: few large, bold, high-contrast cracks on mildly cluttered belts.
+        name="demo", width=256, height=144, num_sequences=16, frames=(24, 40), splits=_SPLIT_622,
+        speed=(2.0, 5.0), cracks_per_frame=1.5, zone_cracks=1.3, crack_length=(50.0, 160.0), crack_width=(3.5, 6.0),
+        crack_depth=(0.85, 0.95), crack_soft=0.3, zone_spread=0.4, p_clean_stretch=0.35, far_ratio=(0.7, 0.9),
+        distractors=0.6, spill=0.4, jpeg_quality=(85, 95), min_visible_px=40.0,
     ),
     "14ks-like": Preset(
         name="14ks-like", width=1920, height=1080, num_sequences=29, frames=(300, 680), splits=_SPLIT_622,
