@@ -159,11 +159,14 @@ def _stored_config(step_dir: str | None) -> dict | None:
 
 
 def model_config_differences(stored: dict, config) -> list[str]:
-    """Differences between a stored run's `model` section and this config's (field: stored vs now)."""
+    """Differences between a stored run's `model` section and this config's (field: stored vs now).
+
+    Fields the stored run does not have (added to the config after it was written) are not compared; the
+    parameter-shape check in `load_variables` still catches any architectural mismatch."""
     cur = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
     old = stored.get("model", {})
     out = []
-    for k in sorted(set(cur) | set(old)):
+    for k in sorted(set(old)):
         a, b = old.get(k, "<absent>"), cur.get(k, "<absent>")
         if isinstance(a, list):
             a = tuple(a)
