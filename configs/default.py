@@ -27,6 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Train-mode BN of the per-frame backbone: statistics per frame and 5 running-stat updates per step, as the
     # reference's 5 separate backbone calls do (parity). False = one set of statistics over all B*T frames.
     c.model.per_frame_bn_stats = True
+    # Speed switches (BENCHMARKS.md). fast_ops: the same math with ops XLA runs faster (depthwise convs as taps,
+    # head-major Swin attention, erf GELU, cascaded SPP pools, einsum reductions); False = the plain port. Both
+    # pass the golden tests; they differ by float rounding only (tests/test_fast_paths.py).
+    c.model.fast_ops = True
+    c.model.fold_bn = False         # inference: BN folded into convs; apply to models.inference.fold_batchnorm(vars)
+    c.model.compute_dtype = "float32"   # inference: "bfloat16" = bf16 forward, f32 conv/matmul accumulation
+    c.model.remat = "none"          # backward pass: "modules" | "dots" = jax.checkpoint units (less memory)
 
     # ---- data (beltcrack_jax.data) ----------------------------------------------------------------------
     # TFDS dataset 'beltcrack/<config>': beltcrack14ks | beltcrack9kd (manual download, see data/README.md) or

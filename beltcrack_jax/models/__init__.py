@@ -9,7 +9,7 @@ import flax.linen as nn
 from beltcrack_jax.models.detector import BeltCrackDet
 
 MODEL_FIELDS = ("num_frames", "num_classes", "depth", "backbone_width", "width", "hsm", "atm", "wfm", "rcu",
-                "per_frame_bn_stats")
+                "per_frame_bn_stats", "fast_ops", "fold_bn", "compute_dtype", "remat")
 
 
 _MISSING = object()

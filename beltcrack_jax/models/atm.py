@@ -115,9 +115,12 @@ class TARFusion(nn.Module):
     feat = LeakyReLU_0.1(feat_fusion(concat[F_key, F_0 p_0, ..., F_{T-2} p_{T-2}]));
     out = fusion_tail(hourglass(feat)) + feat with the hourglass C -> 2C (H/2) -> 4C (H/4) -> back.
     H and W must be divisible by 4.
+    `fast_ops=True` computes corr_t as a batched dot product (einsum) instead of multiply + channel sum: the same
+    sum, which XLA:CPU runs ~10x faster.
     """
 
     num_feat: int = 128
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, feats: jax.Array) -> jax.Array:
@@ -131,7 +134,11 @@ class TARFusion(nn.Module):
         key = feats[:, -1]
         ref = conv2d(c, 3, name="temporal_attn1")(key)                                   # (B,H,W,C)
         emb = conv2d(c, 3, name="temporal_attn2")(feats.reshape(b * t, h, w, c))         # every frame
-        corr = jnp.sum(emb.reshape(b, t, h, w, c) * ref[:, None], axis=-1)               # (B,T,H,W)
+        if self.fast_ops:
+            corr = jnp.einsum("bthwc,bhwc->bthw", emb.reshape(b, t, h, w, c), ref)             # (B,T,H,W)
+        else:
+            corr = jnp.sum(emb.reshape(b, t, h, w, c) * ref[:, None], axis=-1)
+
         prob = jax.nn.sigmoid(jnp.abs(corr[:, :-1] - corr[:, -1:]))                      # (B,T-1,H,W)
         weighted = feats[:, :-1] * prob[..., None]                                       # (B,T-1,H,W,C)
         guided = jnp.concatenate([key, jnp.moveaxis(weighted, 1, 3).reshape(b, h, w, (t - 1) * c)], -1)
@@ -203,12 +210,13 @@ class GAL(nn.Module):
 
 class ATM(nn.Module):
     """Temporal branch: feats (B, T, H, W, C) -> F_T = gal(tar(feats)) (B, H, W, C). The TARFusion output is sown
-    as `intermediates/neck.tar` (the reference's hook name)."""
+    as `intermediates/neck.tar` (the reference's hook name). `fast_ops`: see TARFusion."""
 
     channels: int = 128
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, feats: jax.Array, train: bool = False) -> jax.Array:
-        fused = TARFusion(self.channels, name="tar")(feats)
+        fused = TARFusion(self.channels, self.fast_ops, name="tar")(feats)
         self.sow("intermediates", "neck.tar", fused)
         return GAL(self.channels, name="gal")(fused, train)

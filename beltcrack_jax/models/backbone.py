@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from beltcrack_jax.models.inference import remat_module
 from beltcrack_jax.models.layers import BaseConv, scaled
 
 
@@ -68,18 +69,60 @@ class CSPLayer(nn.Module):
         return BaseConv(self.features, 1, frame_groups=g, name="conv3")(jnp.concatenate([a, b], -1), train)
 
 
+def _max_shift(x: jax.Array, k: int, axis: int) -> jax.Array:
+    """Stride-1 max over a window of k (odd) along `axis` with -inf padding k//2, as k shifted maxima."""
+    r = k // 2
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = jnp.pad(x, pad, constant_values=-jnp.inf)
+    n = x.shape[axis]
+    out = None
+    for i in range(k):
+        sl = jax.lax.slice_in_dim(xp, i, i + n, axis=axis)
+        out = sl if out is None else jnp.maximum(out, sl)
+    return out
+
+
+def max_pool_same(x: jax.Array, k: int) -> jax.Array:
+    """k x k max-pool, stride 1, -inf padding k//2 of (N,H,W,C) as separable shifted maxima (exact: max is
+    associative). XLA:CPU's reduce-window with a 13x13 window is ~10x slower."""
+    return _max_shift(_max_shift(x, k, 1), k, 2)
+
+
+def spp_pools(x: jax.Array, kernel_sizes: tuple[int, ...]) -> list[jax.Array]:
+    """The SPP max-pools of x, computed in a cascade when the sizes allow it (YOLOv5's SPPF identity: a
+    (k1 + k2 - 1)-window max-pool = a k2-pool of a k1-pool with -inf padding; exact). (5, 9, 13) -> three 5x5
+    pools in sequence."""
+    out, prev, prev_k = [], x, 1
+    for k in kernel_sizes:
+        step = k - prev_k + 1
+        if step >= 1 and step % 2 == 1:
+            prev = max_pool_same(prev, step)
+        else:
+            prev = max_pool_same(x, k)
+        out.append(prev)
+        prev_k = k
+    return out
+
+
 class SPPBottleneck(nn.Module):
-    """SPP: 1x1 BaseConv to features/2, max-pools 5/9/13 (stride 1, -inf padding), concat [x, p5, p9, p13], 1x1 BaseConv."""
+    """SPP: 1x1 BaseConv to features/2, max-pools 5/9/13 (stride 1, -inf padding), concat [x, p5, p9, p13], 1x1 BaseConv.
+    `fast_ops=True`: the pools as a cascade of separable shifted maxima (`spp_pools`; identical values)."""
 
     features: int
     kernel_sizes: tuple[int, ...] = (5, 9, 13)
     frame_groups: int = 1
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = BaseConv(max(1, x.shape[-1] // 2), 1, frame_groups=self.frame_groups, name="conv1")(x, train)
         # flax's max_pool pads with the reduction's identity (-inf), exactly like PyTorch's MaxPool2d.
-        pools = [nn.max_pool(x, (k, k), strides=(1, 1), padding=((k // 2, k // 2),) * 2) for k in self.kernel_sizes]
+        if self.fast_ops:
+            pools = spp_pools(x, tuple(self.kernel_sizes))
+        else:
+            pools = [nn.max_pool(x, (k, k), strides=(1, 1), padding=((k // 2, k // 2),) * 2)
+                     for k in self.kernel_sizes]
         x = jnp.concatenate([x] + pools, -1)
         return BaseConv(self.features, 1, frame_groups=self.frame_groups, name="conv2")(x, train)
 
@@ -108,13 +151,14 @@ class DarkStage(nn.Module):
     n: int
     last: bool = False
     frame_groups: int = 1
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         g = self.frame_groups
         x = BaseConv(self.features, 3, stride=2, frame_groups=g, name="0")(x, train)
         if self.last:
-            x = SPPBottleneck(self.features, frame_groups=g, name="1")(x, train)
+            x = SPPBottleneck(self.features, frame_groups=g, fast_ops=self.fast_ops, name="1")(x, train)
             return CSPLayer(self.features, self.n, shortcut=False, frame_groups=g, name="2")(x, train)
         return CSPLayer(self.features, self.n, shortcut=True, frame_groups=g, name="1")(x, train)
 
@@ -129,21 +173,24 @@ class CSPDarknet(nn.Module):
     backbone_width: float = 0.5
     width: float = 1.0
     frame_groups: int = 1
+    fast_ops: bool = False   # SPP pools as separable cascaded maxima (identical values)
+    remat: str = "none"      # jax.checkpoint around the stem and each stage (models/inference.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
         base = int(self.backbone_width * 64)
         d = max(round(self.depth * 3), 1)
         g = self.frame_groups
+        focus, stage = remat_module(Focus, self.remat), remat_module(DarkStage, self.remat)
 
         def ch(c: int) -> int:
             return scaled(c, self.width)
 
-        x = Focus(ch(base), frame_groups=g, name="stem")(x, train)
-        x = DarkStage(ch(base * 2), d, frame_groups=g, name="dark2")(x, train)
-        c3 = DarkStage(ch(base * 4), d * 3, frame_groups=g, name="dark3")(x, train)
-        c4 = DarkStage(ch(base * 8), d * 3, frame_groups=g, name="dark4")(c3, train)
-        c5 = DarkStage(ch(base * 16), d, last=True, frame_groups=g, name="dark5")(c4, train)
+        x = focus(ch(base), frame_groups=g, name="stem")(x, train)
+        x = stage(ch(base * 2), d, frame_groups=g, name="dark2")(x, train)
+        c3 = stage(ch(base * 4), d * 3, frame_groups=g, name="dark3")(x, train)
+        c4 = stage(ch(base * 8), d * 3, frame_groups=g, name="dark4")(c3, train)
+        c5 = stage(ch(base * 16), d, last=True, frame_groups=g, fast_ops=self.fast_ops, name="dark5")(c4, train)
         return c3, c4, c5
 
 
@@ -163,6 +210,8 @@ class YOLOPAFPN(nn.Module):
     backbone_width: float = 0.5
     width: float = 1.0
     frame_groups: int = 1
+    fast_ops: bool = True   # see CSPDarknet (same values; False: flax max_pool)
+    remat: str = "none"     # jax.checkpoint around each CSPDarknet stage and FPN CSPLayer (models/inference.py)
 
     @property
     def out_channels(self) -> int:
@@ -180,10 +229,12 @@ class YOLOPAFPN(nn.Module):
         def ch(c: float) -> int:
             return scaled(int(c * self.backbone_width), self.width)
 
-        c3, c4, c5 = CSPDarknet(self.depth, self.backbone_width, self.width, g, name="backbone")(x, train)
+        c3, c4, c5 = CSPDarknet(self.depth, self.backbone_width, self.width, g, self.fast_ops, self.remat,
+                                name="backbone")(x, train)
+        csp = remat_module(CSPLayer, self.remat)
         p5 = BaseConv(ch(512), 1, frame_groups=g, name="lateral_conv0")(c5, train)
         p4 = jnp.concatenate([upsample2x(p5), c4], -1)
-        p4 = CSPLayer(ch(512), n, shortcut=False, frame_groups=g, name="C3_p4")(p4, train)
+        p4 = csp(ch(512), n, shortcut=False, frame_groups=g, name="C3_p4")(p4, train)
         p4 = BaseConv(ch(256), 1, frame_groups=g, name="reduce_conv1")(p4, train)
         p3 = jnp.concatenate([upsample2x(p4), c3], -1)
-        return CSPLayer(ch(256), n, shortcut=False, frame_groups=g, name="C3_p3")(p3, train)
+        return csp(ch(256), n, shortcut=False, frame_groups=g, name="C3_p3")(p3, train)

@@ -15,11 +15,16 @@ order, as the reference's T separate backbone calls do.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
+import jax.numpy as jnp
 import flax.linen as nn
 
 from beltcrack_jax.models.backbone import YOLOPAFPN
 from beltcrack_jax.models.head import YOLOXHead
+from beltcrack_jax.models.inference import (COMPUTE_DTYPES, REMAT_POLICIES, cast_floating, folded_batchnorm,
+                                            remat_module)
 from beltcrack_jax.models.neck import Neck, neck_uses_frames
 
 
@@ -36,6 +41,11 @@ class BeltCrackDet(nn.Module):
     wfm: bool = True
     rcu: int = 3
     per_frame_bn_stats: bool = True
+    # Speed switches (BENCHMARKS.md, models/inference.py). fast_ops: same math, CPU-friendly ops.
+    fast_ops: bool = True
+    fold_bn: bool = False            # eval only, with variables = inference.fold_batchnorm(unfolded variables)
+    compute_dtype: str = "float32"   # 'bfloat16': bf16 forward (eval), f32 accumulation in convs/matmuls
+    remat: str = "none"              # 'none' | 'modules' | 'dots': jax.checkpoint units for the backward pass
 
     def check_input(self, clips) -> None:
         """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
@@ -51,21 +61,58 @@ class BeltCrackDet(nn.Module):
         if h % 32 or w % 32 or h == 0 or w == 0:
             raise ValueError(f"BeltCrackDet expects H and W to be positive multiples of 32 {expected}; got {shape}")
 
-    @nn.compact
     def __call__(self, clips: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(clips)
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        low = self.compute_dtype != "float32"
+        if train and (self.fold_bn or low):
+            raise ValueError("fold_bn / compute_dtype='bfloat16' are inference options (train=False); train with "
+                             "fold_bn=False, compute_dtype='float32' (bf16 training: config.train.compute_dtype)")
+        if self.fold_bn and self.is_initializing():
+            raise ValueError("a fold_bn=True model has no initialiser: init the fold_bn=False model and pass "
+                             "inference.fold_batchnorm(variables)")
+        ctx = folded_batchnorm() if self.fold_bn else contextlib.nullcontext()
+        with ctx:
+            if low and not self.is_initializing():
+                out = self._forward(clips.astype(self.compute_dtype), train, cast=True)
+                return out.astype(jnp.float32)
+            return self._forward(clips, train)
+
+    @nn.compact
+    def _forward(self, clips: jax.Array, train: bool, cast: bool = False) -> jax.Array:
         b, t, h, w, _ = clips.shape
         multi = neck_uses_frames(self.hsm, self.atm, self.wfm, self.rcu)
         if multi:
             frames, groups = clips.reshape(b * t, h, w, 3), (t if self.per_frame_bn_stats else 1)
         else:  # "w/o All": a single-frame detector on the key frame
             frames, groups = clips[:, -1], 1
-        backbone = YOLOPAFPN(self.depth, self.backbone_width, self.width, frame_groups=groups, name="backbone")
+        wrap = self._wrap(cast)
+        backbone = wrap(YOLOPAFPN, remat=False)(self.depth, self.backbone_width, self.width, frame_groups=groups,
+                                                fast_ops=self.fast_ops, remat=self.remat, name="backbone")
         p3 = backbone(frames, train)
         if multi:
             feats = p3.reshape((b, t) + p3.shape[1:])
             self.sow("intermediates", "backbone_feats", feats)
-            fused = Neck(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, name="neck")(feats, train)
+            neck = wrap(Neck, remat=False)(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
+                                           self.remat, name="neck")
+            fused = neck(feats, train)
         else:
             fused = p3
-        return YOLOXHead(self.num_classes, self.width, name="head")(fused, train)
+        return wrap(YOLOXHead)(self.num_classes, self.width, name="head")(fused, train)
+
+    def _wrap(self, cast: bool):
+        """Module class -> the class with the bf16 variable cast (eval) and/or jax.checkpoint applied."""
+        dtype = self.compute_dtype
+
+        def wrap(cls, remat: bool = True):
+            if remat:
+                cls = remat_module(cls, self.remat)
+            if cast:
+                cls = nn.map_variables(cls, ["params", "batch_stats"],
+                                       trans_in_fn=lambda tree: cast_floating(tree, dtype))
+            return cls
+
+        return wrap

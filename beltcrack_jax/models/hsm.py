@@ -92,9 +92,12 @@ class MemoryReader(nn.Module):
     k_m (B, Hm, Wm, Ck), v_m (B, Hm, Wm, Cv): memory keys / values; k_q (B, H, W, Ck), v_q (B, H, W, Cq): query.
     w[m, q] = <k_m[m], k_q[q]> / sqrt(Ck), softmax over the MEMORY index m; readout[q] = sum_m w[m, q] v_m[m];
     y = ReLU(BN(1x1 conv(concat[readout, v_q]))) -> (B, H, W, channels).
+    `fast_ops=True` computes the (query, memory) transpose of w so the softmax runs over the minor axis (the
+    same numbers, a cheaper layout on CPU).
     """
 
     channels: int
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, k_m: jax.Array, v_m: jax.Array, k_q: jax.Array, v_q: jax.Array,
@@ -111,16 +114,23 @@ class MemoryReader(nn.Module):
         km = k_m.reshape(b, -1, ck)                         # (B, M, Ck)
         kq = k_q.reshape(b, h * w, ck)                      # (B, Q, Ck)
         vm = v_m.reshape(b, km.shape[1], v_m.shape[-1])     # (B, M, Cv)
-        p = jnp.einsum("bmc,bqc->bmq", km, kq) / math.sqrt(ck)
-        p = jax.nn.softmax(p, axis=1)                       # over the memory index
-        mem = jnp.einsum("bmq,bmc->bqc", p, vm).reshape(b, h, w, vm.shape[-1])
+        if self.fast_ops:
+            p = jnp.einsum("bqc,bmc->bqm", kq, km) / math.sqrt(ck)
+            p = jax.nn.softmax(p, axis=-1)                  # over the memory index
+            mem = jnp.einsum("bqm,bmc->bqc", p, vm).reshape(b, h, w, vm.shape[-1])
+        else:
+            p = jnp.einsum("bmc,bqc->bmq", km, kq) / math.sqrt(ck)
+            p = jax.nn.softmax(p, axis=1)                   # over the memory index
+            mem = jnp.einsum("bmq,bmc->bqc", p, vm).reshape(b, h, w, vm.shape[-1])
         return MemoryReduce(self.channels, name="memory_reduce")(jnp.concatenate([mem, v_q], -1), train)
 
 
 class HSM(nn.Module):
-    """Spatial branch: feats (B, T, H, W, C) with T >= 2 (key frame last) -> F_S (B, H, W, C), C = `channels`."""
+    """Spatial branch: feats (B, T, H, W, C) with T >= 2 (key frame last) -> F_S (B, H, W, C), C = `channels`.
+    `fast_ops`: see MemoryReader."""
 
     channels: int = 128
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, feats: jax.Array, train: bool = False) -> jax.Array:
@@ -146,6 +156,6 @@ class HSM(nn.Module):
         for name, val in (("keyvalue_Q.key", k_q), ("keyvalue_Q.value", v_q),
                           ("keyvalue_M.key", k_m), ("keyvalue_M.value", v_m)):
             self.sow("intermediates", "neck." + name, val)
-        out = MemoryReader(c, name="memory")(k_m, v_m, k_q, v_q, train)
+        out = MemoryReader(c, self.fast_ops, name="memory")(k_m, v_m, k_q, v_q, train)
         self.sow("intermediates", "neck.memory", out)
         return out

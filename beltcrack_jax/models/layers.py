@@ -35,6 +35,51 @@ def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int | None
                    use_bias=use_bias, kernel_init=conv_init, name=name)
 
 
+def depthwise_taps(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+    """Depthwise k x k cross-correlation, stride 1, symmetric zero padding `pad`, as k*k shifted multiply-adds.
+
+    x (N, H, W, C), kernel (k, k, 1, C) (Flax HWIO layout of a depthwise conv) -> (N, H+2p-k+1, W+2p-k+1, C).
+    The same sum as `lax.conv_general_dilated(..., feature_group_count=C)` (taps added in row-major order), but
+    one fused element-wise loop: XLA:CPU runs grouped convolutions ~20-30x slower than this (and their
+    gradients likewise)."""
+    k = kernel.shape[0]
+    if kernel.shape[1] != k or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
+        raise ValueError(f"depthwise_taps: expected a (k, k, 1, {x.shape[-1]}) kernel, got {kernel.shape}")
+    n, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    acc = None
+    for i in range(k):          # static taps
+        for j in range(k):
+            term = xp[:, i:i + ho, j:j + wo] * kernel[i, j, 0]
+            acc = term if acc is None else acc + term
+    return acc
+
+
+class DepthwiseConv2d(nn.Module):
+    """PyTorch Conv2d(C, C, k, padding (k-1)//2, groups=C) on NHWC: leaves `kernel` (k, k, 1, C) and (if
+    `use_bias`) `bias` (C,), exactly those of `conv2d(C, k, groups=C)`. `taps=True` computes it with
+    `depthwise_taps` (fast on CPU), False with XLA's grouped convolution."""
+
+    kernel_size: int = 5
+    use_bias: bool = True
+    taps: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c, k = x.shape[-1], self.kernel_size
+        pad = (k - 1) // 2
+        kernel = self.param("kernel", conv_init, (k, k, 1, c))
+        if self.taps:
+            y = depthwise_taps(x, kernel.astype(x.dtype), pad)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (c,)).astype(y.dtype)
+        return y
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over the last axis with PyTorch semantics.
 

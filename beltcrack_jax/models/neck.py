@@ -36,6 +36,7 @@ import flax.linen as nn
 
 from beltcrack_jax.models.atm import ATM
 from beltcrack_jax.models.hsm import HSM
+from beltcrack_jax.models.inference import remat_module
 from beltcrack_jax.models.layers import ConvSequence
 from beltcrack_jax.models.rcu import ResCBAM
 from beltcrack_jax.models.wfm import WFM
@@ -54,6 +55,8 @@ class Neck(nn.Module):
     atm: bool = True
     wfm: bool = True
     rcu: int = 3
+    fast_ops: bool = True   # same math, CPU-friendly ops in HSM/ATM/WFM (False: the plain port)
+    remat: str = "none"     # 'none' | 'modules' | 'dots': jax.checkpoint around each branch / RCU (inference.py)
 
     @nn.compact
     def __call__(self, feats: jax.Array, train: bool = False) -> jax.Array:
@@ -63,19 +66,22 @@ class Neck(nn.Module):
             raise ValueError(f"Neck: rcu must be 0, 1, 2 or 3, got {self.rcu}")
         c = self.channels
         f_key = feats[:, -1]
+        hsm_cls, atm_cls, mix_cls, rcu_cls = (remat_module(m, self.remat) for m in (HSM, ATM, ConvSequence, ResCBAM))
+        wfm_cls = remat_module(WFM, self.remat, train_argnum=3)
 
         f_s = f_t = f_st = f_flt = f_fgt = None
         if self.hsm:
-            f_s = HSM(c, name="hsm")(feats, train)
+            f_s = hsm_cls(c, self.fast_ops, name="hsm")(feats, train)
         if self.atm:
-            f_t = ATM(c, name="atm")(feats, train)
+            f_t = atm_cls(c, self.fast_ops, name="atm")(feats, train)
         if f_s is not None and f_t is not None:
-            f_st = ConvSequence((2 * c, c), name="conv_fin_mix")(jnp.concatenate([f_s, f_t], -1), train)
+            f_st = mix_cls((2 * c, c), name="conv_fin_mix")(jnp.concatenate([f_s, f_t], -1), train)
             self.sow("intermediates", "neck.conv_fin_mix", f_st)
         else:
             f_st = f_s if f_s is not None else f_t
         if self.wfm:
-            f_flt, f_fgt = WFM(c, name="wfm")(feats, f_key if f_t is None else f_t, train)
+            wfm = wfm_cls(c, fast_ops=self.fast_ops, name="wfm")
+            f_flt, f_fgt = wfm(feats, f_key if f_t is None else f_t, train)
 
         if self.rcu == 0:
             ends = [f for f in (f_st, f_flt, f_fgt) if f is not None]
@@ -84,14 +90,14 @@ class Neck(nn.Module):
         def or_key(f):
             return f_key if f is None else f
 
-        rcu1 = ResCBAM(c, name="resblock0")(jnp.concatenate([or_key(f_st), or_key(f_flt)], -1), train)
+        rcu1 = rcu_cls(c, name="resblock0")(jnp.concatenate([or_key(f_st), or_key(f_flt)], -1), train)
         self.sow("intermediates", "neck.resblock0", rcu1)
         if self.rcu == 1:
             return rcu1 if f_fgt is None else rcu1 + f_fgt
-        rcu2 = ResCBAM(c, name="resblock1")(jnp.concatenate([or_key(f_flt), or_key(f_fgt)], -1), train)
+        rcu2 = rcu_cls(c, name="resblock1")(jnp.concatenate([or_key(f_flt), or_key(f_fgt)], -1), train)
         self.sow("intermediates", "neck.resblock1", rcu2)
         if self.rcu == 2:
             return rcu1 + rcu2
-        rcu3 = ResCBAM(c, name="resblock2")(jnp.concatenate([rcu1, rcu2], -1), train)
+        rcu3 = rcu_cls(c, name="resblock2")(jnp.concatenate([rcu1, rcu2], -1), train)
         self.sow("intermediates", "neck.resblock2", rcu3)
         return rcu3
