@@ -17,6 +17,9 @@ install: $(VENV)/.installed
 
 # Short train + eval on the embedded synthetic `demo` data (CPU, a few minutes); prints mAP50 / P / R / F1
 # and where the metrics and plots were written.
+# glibc keeps XLA:CPU's large temporaries mapped between calls (~20 % faster on CPU, see BENCHMARKS.md).
+demo: export MALLOC_MMAP_THRESHOLD_ = 4294967296
+demo: export MALLOC_TRIM_THRESHOLD_ = 17179869184
 demo: install
 	$(PY) train.py --config configs/demo.py --workdir $(WORKDIR)
 	$(PY) evaluate.py --config configs/demo.py --workdir $(WORKDIR) --output_dir $(WORKDIR)/eval

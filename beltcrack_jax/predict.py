@@ -165,7 +165,7 @@ def split_model(model) -> tuple[Callable, Callable]:
     from beltcrack_jax.models.head import YOLOXHead
     from beltcrack_jax.models.neck import Neck, neck_uses_frames
 
-    backbone = YOLOPAFPN(model.depth, model.backbone_width, model.width, frame_groups=1)
+    backbone = YOLOPAFPN(model.depth, model.backbone_width, model.width, frame_groups=1, fast_ops=model.fast_ops)
     head = YOLOXHead(model.num_classes, model.width)
     multi = neck_uses_frames(model.hsm, model.atm, model.wfm, model.rcu)
 
@@ -181,7 +181,7 @@ def split_model(model) -> tuple[Callable, Callable]:
 
     def neck_head_fn(variables, feats):
         if multi:
-            neck = Neck(backbone.out_channels, model.hsm, model.atm, model.wfm, model.rcu)
+            neck = Neck(backbone.out_channels, model.hsm, model.atm, model.wfm, model.rcu, fast_ops=model.fast_ops)
             fused = neck.apply(sub(variables, "neck"), feats, train=False)
         else:
             fused = feats[:, -1]
