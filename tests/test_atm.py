@@ -5,32 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from beltcrack_jax.convert import map_state_dict
 from beltcrack_jax.models.atm import ATM, GAL, ConvTranspose2x2, TARFusion
-
-FULL_TOL = 1e-4     # full-forward intermediates: max|Δ| <= FULL_TOL * max|ref|
-MODULE_TOL = 2e-4   # standalone module cases
-
-
-def assert_close(actual, ref_nchw, tol, what):
-    ref = np.asarray(ref_nchw).transpose(0, 2, 3, 1)
-    actual = np.asarray(actual)
-    assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != {ref.shape}"
-    err, scale = np.abs(actual - ref).max(), np.abs(ref).max()
-    assert err <= tol * scale, f"{what}: max|Δ| {err:.3g} > {tol} * max|ref| {scale:.3g}"
-
-
-def case_params(golden, case):
-    m = golden("modules_io")
-    prefix = f"{case}/param/"
-    return {k[len(prefix):]: m[k] for k in m.files if k.startswith(prefix)}
-
-
-def load(module, state_dict, prefix, *inputs):
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
-    abstract = {c: abstract[c] for c in ("params", "batch_stats") if c in abstract}
-    variables, _ = map_state_dict(abstract, state_dict, prefix=prefix)
-    return variables
+from golden_utils import FULL_TOL, MODULE_TOL, assert_close, case_params, load, random_variables
 
 
 def btchw_to_bthwc(a):
@@ -101,19 +77,6 @@ def test_conv_transpose_matches_lax():
                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
     assert y.shape == (2, 6, 10, 4)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
-
-
-def random_variables(module, *inputs, seed=0):
-    """Variables of the right shapes without running `init` (no compile): N(0, 0.1) weights, running var 1."""
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if path[-1].key == "var":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 @pytest.fixture(scope="module")

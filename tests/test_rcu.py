@@ -2,41 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from beltcrack_jax.convert import map_state_dict
 from beltcrack_jax.models.rcu import ResCBAM
-
-FULL_TOL = 1e-4     # full-forward intermediates: max|Δ| <= FULL_TOL * max|ref|
-MODULE_TOL = 2e-4   # standalone module cases
-
-
-def assert_close(actual, ref_nchw, tol, what):
-    ref = np.asarray(ref_nchw).transpose(0, 2, 3, 1)
-    actual = np.asarray(actual)
-    assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != {ref.shape}"
-    err, scale = np.abs(actual - ref).max(), np.abs(ref).max()
-    assert err <= tol * scale, f"{what}: max|Δ| {err:.3g} > {tol} * max|ref| {scale:.3g}"
-
-
-def load(module, state_dict, prefix, *inputs):
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
-    variables, _ = map_state_dict(abstract, state_dict, prefix=prefix)
-    return variables
-
-
-def random_variables(module, *inputs, seed=0):
-    """Variables of the right shapes without running `init` (no compile): N(0, 0.1) weights, running var 1."""
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *inputs)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if path[-1].key == "var":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
+from golden_utils import FULL_TOL, MODULE_TOL, assert_close, load, random_variables
 
 
 def test_rcu_golden(golden):
