@@ -279,6 +279,7 @@ def train_step_parts(model, variables, cfg):
         tx = optim.sgd_reference(1e-3, labels, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov,
                                  weight_decay=cfg.train.weight_decay)
         step = steps.make_train_step(model, tx, loss_fn, compute_dtype=compute_dtype,
+                                     frozen=optim.frozen_mask(labels),
                                      **({"normalize": normalize} if normalize else {}))
         state = create_train_state({"params": params, "batch_stats": stats_}, tx)
         return step, state, "beltcrack_jax.train.steps.make_train_step + optim.sgd_reference"

@@ -229,7 +229,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
     # ---- compiled step ----------------------------------------------------------------------------------------
     step_fn = make_train_step(model, tx, loss_fn, seed=config.seed, grad_accum=tc.grad_accum,
                               compute_dtype=jnp.dtype(tc.compute_dtype), ema_decay=tc.ema.decay,
-                              ema_tau=tc.ema.tau, normalize=normalize, lr_schedule=schedule)
+                              ema_tau=tc.ema.tau, normalize=normalize, lr_schedule=schedule,
+                              frozen=optim.frozen_mask(labels))
     jitted = jax.jit(step_fn, in_shardings=(repl, data_sh), out_shardings=(repl, repl), donate_argnums=0)
     abstract_batch = {k: jax.ShapeDtypeStruct((tc.batch_size,) + v.shape[1:], v.dtype, sharding=data_sh)
                       for k, v in sample.items()}

@@ -63,6 +63,11 @@ def param_labels(params: Mapping[str, Any], batch_stats: Mapping[str, Any] | Non
     return unflatten(labels)
 
 
+def frozen_mask(labels: Mapping[str, Any]) -> dict[str, Any]:
+    """Tree of bools, True where the label is 'frozen' (for `steps.make_train_step(frozen=...)`)."""
+    return jax.tree.map(lambda label: label == "frozen", labels)
+
+
 def group_summary(labels: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """{group: (number of tensors, number of values)}."""
     out = {g: [0, 0] for g in GROUPS}

@@ -36,7 +36,7 @@ def _scalars(aux: Mapping[str, Any]) -> dict[str, jax.Array]:
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, *, seed: int = 0,
                     grad_accum: int = 1, compute_dtype: Any = jnp.float32, ema_decay: float = 0.9999,
                     ema_tau: float = 2000.0, normalize: Callable = normalize_clips,
-                    lr_schedule: Callable | None = None) -> Callable:
+                    lr_schedule: Callable | None = None, frozen: Any = None) -> Callable:
     """train_step(state, batch) -> (state, metrics).
 
     batch: dict with 'clips' uint8 (B, T, H, W, 3), 'boxes' (B, M, 4) cxcywh px, 'classes' (B, M), 'mask' (B, M).
@@ -44,11 +44,17 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, 
     forward/backward, the master params, optimiser state, BN statistics and the loss stay float32.
     RNG: key = fold_in(key(seed), step) (passed as the 'dropout' stream; nothing is stored in the state).
     A non-finite loss or gradient leaves the state unchanged and reports metrics['finite'] = 0.
+    frozen: optional tree like the params with True for leaves the optimiser never changes
+    (`optim.frozen_mask(labels)`): no gradient is computed for them (their grads are zeros, the update is the
+    same). Skipping them matters: the Swin bias tables' gradient alone is a reduction over every window of the
+    (windows, heads, N, N) attention scores, ~10 % of the CPU train step.
     """
     compute_dtype = jnp.dtype(compute_dtype)
 
     def loss_and_stats(params, batch_stats, mb, rng):
         p = params
+        if frozen is not None:
+            p = jax.tree.map(lambda a, f: jax.lax.stop_gradient(a) if f else a, p, frozen)
         x = normalize(mb["clips"])
         if compute_dtype != jnp.float32:
             p = jax.tree.map(lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
