@@ -264,9 +264,39 @@ def task_stream(args) -> dict[str, Any]:
             "frames_per_s": 1.0 / t["wall"]["median"]}
 
 
+def _module_grad_fn(module, variables, inputs, input_grad: bool = True):
+    """f(v, *xs) -> gradients of sum(out * ct) of a train-mode apply (BN on batch statistics), w.r.t. the params
+    the optimiser trains (frozen leaves behind stop_gradient, as in the train step) and the inputs: the
+    module's share of a train step's forward + backward."""
+    import inspect
+
+    import jax
+    import jax.numpy as jnp
+
+    from beltcrack_jax.train import optim
+
+    frozen = optim.frozen_mask(optim.param_labels(variables["params"], variables.get("batch_stats", {})))
+    kw = {"train": True} if "train" in inspect.signature(module.__call__).parameters else {}
+    mutable = ["batch_stats"] if "batch_stats" in variables else False
+
+    def loss(params, v, xs):
+        params = jax.tree.map(lambda a, fz: jax.lax.stop_gradient(a) if fz else a, params, frozen)
+        out = module.apply({**v, "params": params}, *xs, mutable=mutable, **kw)
+        out = out[0] if mutable else out
+        return sum(jnp.sum(o * jnp.cos(o)) for o in jax.tree.leaves(out))   # a non-trivial cotangent
+
+    def f(v, *xs):
+        if input_grad:
+            return jax.grad(loss, argnums=(0, 2))(v["params"], v, xs)
+        return jax.grad(loss)(v["params"], v, jax.lax.stop_gradient(xs))
+
+    return f
+
+
 def task_modules(args) -> dict[str, Any]:
     """Standalone jitted applies of each neck piece (and backbone / head) on inputs of the shapes they get
-    inside the network (batch B, T frames, size/8 feature maps, C = 128 channels), timed separately."""
+    inside the network (batch B, T frames, size/8 feature maps, C = 128 channels), timed separately.
+    `--grad`: forward + backward in train mode instead (GFLOP then counts both passes)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -317,6 +347,9 @@ def task_modules(args) -> dict[str, Any]:
 
         def f(v, *xs, module=module):
             return module.apply(v, *xs)
+
+        if args.grad:
+            f = _module_grad_fn(module, variables, inputs, input_grad=not name.startswith("backbone"))
 
         compiled = jax.jit(f).lower(variables, *inputs).compile()
         tm = _timed(lambda: compiled(variables, *inputs), 1, args.repeats)
@@ -377,6 +410,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.0, help="keep timing at least this many seconds")
     ap.add_argument("--frames", type=int, default=30, help="stream: timed frames")
+    ap.add_argument("--grad", action="store_true", help="modules: time forward + backward (train mode)")
     ap.add_argument("--dtype", default="float32", help="ceiling: float32 | bfloat16")
     ap.add_argument("--cache-dir", default=None, help="JAX persistent compilation cache directory")
     ap.add_argument("--json", default=None)

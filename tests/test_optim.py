@@ -250,3 +250,41 @@ def test_step_schedule_and_scaling_rule():
         optim.make_schedule(lr_cfg(unit="iter"), 4, 10, 10)
     with pytest.raises(ValueError, match="scaling"):
         optim.lr_bounds(4, scaling="cubic")
+
+
+def test_frozen_leaves_get_no_gradient_and_the_same_step():
+    """`make_train_step(frozen=optim.frozen_mask(labels))` skips the gradient of the never-optimised leaves (e.g.
+    the Swin bias tables): the new state is identical, and the frozen leaves' gradient leaves the graph."""
+    from beltcrack_jax.train.state import create_train_state
+    from beltcrack_jax.train.steps import make_train_step
+
+    class Toy(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            table = self.param("relative_position_bias_table", nn.initializers.normal(1.0), (3,))
+            y = nn.Dense(4, name="fc")(x.reshape(x.shape[0], -1)[:, :12])
+            return (y + jnp.sum(table ** 2))[:, None, None, :]
+
+    model = Toy()
+    batch = {"clips": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 1, 2, 2, 3)), jnp.uint8),
+             "boxes": jnp.zeros((2, 1, 4)), "classes": jnp.zeros((2, 1), jnp.int32), "mask": jnp.ones((2, 1))}
+    variables = {**model.init(jax.random.key(0), batch["clips"].astype(jnp.float32)), "batch_stats": {}}
+    labels = optim.param_labels(variables["params"])
+    assert labels["relative_position_bias_table"] == "frozen" and labels["fc"]["kernel"] == "pg1"
+    tx = optim.sgd_reference(0.1, labels, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def loss_fn(raw, boxes, classes, mask):
+        return jnp.mean(raw ** 2), {}
+
+    states, metrics = [], []
+    for frozen in (None, optim.frozen_mask(labels)):
+        step = jax.jit(make_train_step(model, tx, loss_fn, frozen=frozen))
+        state, m = step(create_train_state(variables, tx), batch)
+        states.append(state)
+        metrics.append(m)
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    table = np.asarray(variables["params"]["relative_position_bias_table"])
+    np.testing.assert_array_equal(np.asarray(states[1].params["relative_position_bias_table"]), table)
+    # the full gradient norm includes d/dtable = 2 * table (non-zero); the frozen one does not
+    assert float(metrics[1]["grad_norm"]) < float(metrics[0]["grad_norm"])

@@ -44,20 +44,23 @@ class _Conv0(nn.Module):
     kernel_size: int
     stride: int = 1
     padding: int | None = None
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return conv2d(self.features, self.kernel_size, self.stride, self.padding, name="0")(x)
+        return conv2d(self.features, self.kernel_size, self.stride, self.padding, name="0",
+                      fast_grad=self.fast_ops)(x)
 
 
 class DownSample(nn.Module):
     """4x4 conv, stride 2, padding 1, with bias (child `conv` -> `0`): (B,H,W,Cin) -> (B,H/2,W/2,features)."""
 
     features: int
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _Conv0(self.features, 4, 2, 1, name="conv")(x)
+        return _Conv0(self.features, 4, 2, 1, self.fast_ops, name="conv")(x)
 
 
 class _DeConv0(nn.Module):
@@ -80,30 +83,34 @@ class UpSample(nn.Module):
 
 class _Body(nn.Module):
     features: int
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = conv2d(self.features, 3, name="0")(x)
-        return conv2d(self.features, 3, name="2")(nn.relu(x))   # index 1 is the (parameter-free) ReLU
+        x = conv2d(self.features, 3, name="0", fast_grad=self.fast_ops)(x)
+        return conv2d(self.features, 3, name="2", fast_grad=self.fast_ops)(nn.relu(x))   # index 1 is the (parameter-free) ReLU
 
 
 class ResBlock(nn.Module):
     """x + conv3x3(ReLU(conv3x3(x))) (both with bias, child `body` -> `0`, `2`); no activation after the add."""
 
+    fast_ops: bool = False
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x + _Body(x.shape[-1], name="body")(x)
+        return x + _Body(x.shape[-1], self.fast_ops, name="body")(x)
 
 
 class ResBlocks(nn.Module):
     """`num` ResBlocks in sequence, children "0", "1", ... (shape-preserving)."""
 
     num: int = 2
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num):
-            x = ResBlock(name=str(i))(x)
+            x = ResBlock(self.fast_ops, name=str(i))(x)
         return x
 
 
@@ -116,7 +123,7 @@ class TARFusion(nn.Module):
     out = fusion_tail(hourglass(feat)) + feat with the hourglass C -> 2C (H/2) -> 4C (H/4) -> back.
     H and W must be divisible by 4.
     `fast_ops=True` computes corr_t as a batched dot product (einsum) instead of multiply + channel sum: the same
-    sum, which XLA:CPU runs ~10x faster.
+    sum, which XLA:CPU runs ~10x faster; and the convs use the fast gradient (`layers.conv2d(fast_grad=True)`).
     """
 
     num_feat: int = 128
@@ -132,8 +139,9 @@ class TARFusion(nn.Module):
             raise ValueError(f"TARFusion: H and W must be divisible by 4 (two stride-2 levels), got H={h}, W={w}")
 
         key = feats[:, -1]
-        ref = conv2d(c, 3, name="temporal_attn1")(key)                                   # (B,H,W,C)
-        emb = conv2d(c, 3, name="temporal_attn2")(feats.reshape(b * t, h, w, c))         # every frame
+        fast = self.fast_ops
+        ref = conv2d(c, 3, name="temporal_attn1", fast_grad=fast)(key)                   # (B,H,W,C)
+        emb = conv2d(c, 3, name="temporal_attn2", fast_grad=fast)(feats.reshape(b * t, h, w, c))   # every frame
         if self.fast_ops:
             corr = jnp.einsum("bthwc,bhwc->bthw", emb.reshape(b, t, h, w, c), ref)             # (B,T,H,W)
         else:
@@ -142,16 +150,16 @@ class TARFusion(nn.Module):
         prob = jax.nn.sigmoid(jnp.abs(corr[:, :-1] - corr[:, -1:]))                      # (B,T-1,H,W)
         weighted = feats[:, :-1] * prob[..., None]                                       # (B,T-1,H,W,C)
         guided = jnp.concatenate([key, jnp.moveaxis(weighted, 1, 3).reshape(b, h, w, (t - 1) * c)], -1)
-        feat = nn.leaky_relu(conv2d(c, 1, name="feat_fusion")(guided), 0.1)
+        feat = nn.leaky_relu(conv2d(c, 1, name="feat_fusion", fast_grad=fast)(guided), 0.1)
 
-        r1 = ResBlocks(name="res_block1")(feat)
-        r2 = ResBlocks(name="res_block2")(DownSample(2 * c, name="downsample1")(r1))
-        f3 = ResBlocks(name="res_block3")(DownSample(4 * c, name="downsample2")(r2))
+        r1 = ResBlocks(fast_ops=fast, name="res_block1")(feat)
+        r2 = ResBlocks(fast_ops=fast, name="res_block2")(DownSample(2 * c, fast, name="downsample1")(r1))
+        f3 = ResBlocks(fast_ops=fast, name="res_block3")(DownSample(4 * c, fast, name="downsample2")(r2))
         u3 = UpSample(2 * c, name="upsample1")(f3)
-        r4 = ResBlocks(name="res_block4")(jnp.concatenate([u3, r2], -1))
+        r4 = ResBlocks(fast_ops=fast, name="res_block4")(jnp.concatenate([u3, r2], -1))
         u4 = UpSample(c, name="upsample2")(r4)
-        r5 = ResBlocks(name="res_block5")(jnp.concatenate([u4, r1], -1))
-        return _Conv0(c, 3, name="fusion_tail")(r5) + feat
+        r5 = ResBlocks(fast_ops=fast, name="res_block5")(jnp.concatenate([u4, r1], -1))
+        return _Conv0(c, 3, fast_ops=fast, name="fusion_tail")(r5) + feat
 
 
 class _LinearBN(nn.Module):

@@ -26,11 +26,12 @@ class Bottleneck(nn.Module):
     features: int
     shortcut: bool = True
     frame_groups: int = 1
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = BaseConv(self.features, 1, frame_groups=self.frame_groups, name="conv1")(x, train)
-        y = BaseConv(self.features, 3, frame_groups=self.frame_groups, name="conv2")(y, train)
+        y = BaseConv(self.features, 1, frame_groups=self.frame_groups, fast_ops=self.fast_ops, name="conv1")(x, train)
+        y = BaseConv(self.features, 3, frame_groups=self.frame_groups, fast_ops=self.fast_ops, name="conv2")(y, train)
         if self.shortcut and x.shape[-1] == self.features:
             y = y + x
         return y
@@ -43,11 +44,12 @@ class BottleneckStack(nn.Module):
     n: int
     shortcut: bool = True
     frame_groups: int = 1
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for i in range(self.n):
-            x = Bottleneck(self.features, self.shortcut, self.frame_groups, name=str(i))(x, train)
+            x = Bottleneck(self.features, self.shortcut, self.frame_groups, self.fast_ops, name=str(i))(x, train)
         return x
 
 
@@ -58,15 +60,17 @@ class CSPLayer(nn.Module):
     n: int = 1
     shortcut: bool = True
     frame_groups: int = 1
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         hidden = max(1, int(self.features * 0.5))
         g = self.frame_groups
-        a = BaseConv(hidden, 1, frame_groups=g, name="conv1")(x, train)
-        b = BaseConv(hidden, 1, frame_groups=g, name="conv2")(x, train)
-        a = BottleneckStack(hidden, self.n, self.shortcut, g, name="m")(a, train)
-        return BaseConv(self.features, 1, frame_groups=g, name="conv3")(jnp.concatenate([a, b], -1), train)
+        a = BaseConv(hidden, 1, frame_groups=g, fast_ops=self.fast_ops, name="conv1")(x, train)
+        b = BaseConv(hidden, 1, frame_groups=g, fast_ops=self.fast_ops, name="conv2")(x, train)
+        a = BottleneckStack(hidden, self.n, self.shortcut, g, self.fast_ops, name="m")(a, train)
+        return BaseConv(self.features, 1, frame_groups=g, fast_ops=self.fast_ops, name="conv3")(
+            jnp.concatenate([a, b], -1), train)
 
 
 def _max_shift(x: jax.Array, k: int, axis: int) -> jax.Array:
@@ -116,7 +120,8 @@ class SPPBottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = BaseConv(max(1, x.shape[-1] // 2), 1, frame_groups=self.frame_groups, name="conv1")(x, train)
+        g = self.frame_groups
+        x = BaseConv(max(1, x.shape[-1] // 2), 1, frame_groups=g, fast_ops=self.fast_ops, name="conv1")(x, train)
         # flax's max_pool pads with the reduction's identity (-inf), exactly like PyTorch's MaxPool2d.
         if self.fast_ops:
             pools = spp_pools(x, tuple(self.kernel_sizes))
@@ -124,7 +129,7 @@ class SPPBottleneck(nn.Module):
             pools = [nn.max_pool(x, (k, k), strides=(1, 1), padding=((k // 2, k // 2),) * 2)
                      for k in self.kernel_sizes]
         x = jnp.concatenate([x] + pools, -1)
-        return BaseConv(self.features, 1, frame_groups=self.frame_groups, name="conv2")(x, train)
+        return BaseConv(self.features, 1, frame_groups=g, fast_ops=self.fast_ops, name="conv2")(x, train)
 
 
 class Focus(nn.Module):
@@ -132,6 +137,7 @@ class Focus(nn.Module):
 
     features: int
     frame_groups: int = 1
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -140,7 +146,7 @@ class Focus(nn.Module):
         tl, bl = x[:, ::2, ::2], x[:, 1::2, ::2]
         tr, br = x[:, ::2, 1::2], x[:, 1::2, 1::2]
         x = jnp.concatenate([tl, bl, tr, br], -1)
-        return BaseConv(self.features, 3, frame_groups=self.frame_groups, name="conv")(x, train)
+        return BaseConv(self.features, 3, frame_groups=self.frame_groups, fast_ops=self.fast_ops, name="conv")(x, train)
 
 
 class DarkStage(nn.Module):
@@ -156,11 +162,13 @@ class DarkStage(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         g = self.frame_groups
-        x = BaseConv(self.features, 3, stride=2, frame_groups=g, name="0")(x, train)
+        x = BaseConv(self.features, 3, stride=2, frame_groups=g, fast_ops=self.fast_ops, name="0")(x, train)
         if self.last:
             x = SPPBottleneck(self.features, frame_groups=g, fast_ops=self.fast_ops, name="1")(x, train)
-            return CSPLayer(self.features, self.n, shortcut=False, frame_groups=g, name="2")(x, train)
-        return CSPLayer(self.features, self.n, shortcut=True, frame_groups=g, name="1")(x, train)
+            return CSPLayer(self.features, self.n, shortcut=False, frame_groups=g, fast_ops=self.fast_ops,
+                            name="2")(x, train)
+        return CSPLayer(self.features, self.n, shortcut=True, frame_groups=g, fast_ops=self.fast_ops,
+                        name="1")(x, train)
 
 
 class CSPDarknet(nn.Module):
@@ -173,7 +181,7 @@ class CSPDarknet(nn.Module):
     backbone_width: float = 0.5
     width: float = 1.0
     frame_groups: int = 1
-    fast_ops: bool = False   # SPP pools as separable cascaded maxima (identical values)
+    fast_ops: bool = False   # SPP pools as cascaded maxima (identical values); convs with the fast gradient
     remat: str = "none"      # jax.checkpoint around the stem and each stage (models/inference.py)
 
     @nn.compact
@@ -186,10 +194,10 @@ class CSPDarknet(nn.Module):
         def ch(c: int) -> int:
             return scaled(c, self.width)
 
-        x = focus(ch(base), frame_groups=g, name="stem")(x, train)
-        x = stage(ch(base * 2), d, frame_groups=g, name="dark2")(x, train)
-        c3 = stage(ch(base * 4), d * 3, frame_groups=g, name="dark3")(x, train)
-        c4 = stage(ch(base * 8), d * 3, frame_groups=g, name="dark4")(c3, train)
+        x = focus(ch(base), frame_groups=g, fast_ops=self.fast_ops, name="stem")(x, train)
+        x = stage(ch(base * 2), d, frame_groups=g, fast_ops=self.fast_ops, name="dark2")(x, train)
+        c3 = stage(ch(base * 4), d * 3, frame_groups=g, fast_ops=self.fast_ops, name="dark3")(x, train)
+        c4 = stage(ch(base * 8), d * 3, frame_groups=g, fast_ops=self.fast_ops, name="dark4")(c3, train)
         c5 = stage(ch(base * 16), d, last=True, frame_groups=g, fast_ops=self.fast_ops, name="dark5")(c4, train)
         return c3, c4, c5
 
@@ -232,9 +240,9 @@ class YOLOPAFPN(nn.Module):
         c3, c4, c5 = CSPDarknet(self.depth, self.backbone_width, self.width, g, self.fast_ops, self.remat,
                                 name="backbone")(x, train)
         csp = remat_module(CSPLayer, self.remat)
-        p5 = BaseConv(ch(512), 1, frame_groups=g, name="lateral_conv0")(c5, train)
+        p5 = BaseConv(ch(512), 1, frame_groups=g, fast_ops=self.fast_ops, name="lateral_conv0")(c5, train)
         p4 = jnp.concatenate([upsample2x(p5), c4], -1)
-        p4 = csp(ch(512), n, shortcut=False, frame_groups=g, name="C3_p4")(p4, train)
-        p4 = BaseConv(ch(256), 1, frame_groups=g, name="reduce_conv1")(p4, train)
+        p4 = csp(ch(512), n, shortcut=False, frame_groups=g, fast_ops=self.fast_ops, name="C3_p4")(p4, train)
+        p4 = BaseConv(ch(256), 1, frame_groups=g, fast_ops=self.fast_ops, name="reduce_conv1")(p4, train)
         p3 = jnp.concatenate([upsample2x(p4), c3], -1)
-        return csp(ch(256), n, shortcut=False, frame_groups=g, name="C3_p3")(p3, train)
+        return csp(ch(256), n, shortcut=False, frame_groups=g, fast_ops=self.fast_ops, name="C3_p3")(p3, train)

@@ -101,7 +101,7 @@ class BeltCrackDet(nn.Module):
             fused = neck(feats, train)
         else:
             fused = p3
-        return wrap(YOLOXHead)(self.num_classes, self.width, name="head")(fused, train)
+        return wrap(YOLOXHead)(self.num_classes, self.width, self.fast_ops, name="head")(fused, train)
 
     def _wrap(self, cast: bool):
         """Module class -> the class with the bf16 variable cast (eval) and/or jax.checkpoint applied."""

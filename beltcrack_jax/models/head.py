@@ -18,20 +18,22 @@ class _StemList(nn.Module):
     """ModuleList with one 1x1 BaseConv, child "0"."""
 
     features: int
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return BaseConv(self.features, 1, name="0")(x, train)
+        return BaseConv(self.features, 1, fast_ops=self.fast_ops, name="0")(x, train)
 
 
 class _ConvsList(nn.Module):
     """ModuleList with one nn.Sequential of two 3x3 BaseConvs, child "0" (grandchildren "0", "1")."""
 
     features: int
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return ConvSequence((self.features, self.features), name="0")(x, train)
+        return ConvSequence((self.features, self.features), fast_ops=self.fast_ops, name="0")(x, train)
 
 
 class _PredList(nn.Module):
@@ -49,15 +51,16 @@ class YOLOXHead(nn.Module):
 
     num_classes: int = 1
     width: float = 1.0
+    fast_ops: bool = False   # convs with the fast gradient (`layers.conv2d(fast_grad=True)`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"YOLOXHead expects (B,h,w,C) features, got shape {x.shape}")
         hidden = scaled(256, self.width)
-        x = _StemList(hidden, name="stems")(x, train)
-        cls_feat = _ConvsList(hidden, name="cls_convs")(x, train)
-        reg_feat = _ConvsList(hidden, name="reg_convs")(x, train)
+        x = _StemList(hidden, self.fast_ops, name="stems")(x, train)
+        cls_feat = _ConvsList(hidden, self.fast_ops, name="cls_convs")(x, train)
+        reg_feat = _ConvsList(hidden, self.fast_ops, name="reg_convs")(x, train)
         cls = _PredList(self.num_classes, name="cls_preds")(cls_feat)
         reg = _PredList(4, name="reg_preds")(reg_feat)
         obj = _PredList(1, name="obj_preds")(reg_feat)

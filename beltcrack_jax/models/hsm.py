@@ -142,11 +142,12 @@ class HSM(nn.Module):
         # References frame-major on channels: channel index = t * C + c, t = 0 .. T-2 (oldest first).
         refs = jnp.moveaxis(feats[:, :-1], 1, 3).reshape(b, h, w, (t - 1) * c)
 
-        gate = ConvSequence((2 * c, c), acts=("silu", "sigmoid"), name="conv_ref")(refs, train)
+        fast = self.fast_ops
+        gate = ConvSequence((2 * c, c), acts=("silu", "sigmoid"), fast_ops=fast, name="conv_ref")(refs, train)
         self.sow("intermediates", "neck.conv_ref", gate)
-        cur = BaseConv(c, 3, name="conv_cur")(gate * key, train)
+        cur = BaseConv(c, 3, fast_ops=fast, name="conv_cur")(gate * key, train)
         self.sow("intermediates", "neck.conv_cur", cur)
-        mix = ConvSequence((2 * c, c), name="conv_cr_mix")(jnp.concatenate([cur, key], -1), train)
+        mix = ConvSequence((2 * c, c), fast_ops=fast, name="conv_cr_mix")(jnp.concatenate([cur, key], -1), train)
         self.sow("intermediates", "neck.conv_cr_mix", mix)
         nab = NonLocalBlock(c, name="nolocal")(mix)
         self.sow("intermediates", "neck.nolocal", nab)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from beltcrack_jax.ops import conv as conv_ops
+
 # The reference's `weights_init`: every Conv/ConvTranspose weight ~ N(0, 0.02).
 conv_init = nn.initializers.normal(stddev=0.02)
 
@@ -27,12 +29,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def conv2d(features: int, kernel_size: int, stride: int = 1, padding: int | None = None,
-           groups: int = 1, use_bias: bool = True, name: str | None = None) -> nn.Conv:
-    """A PyTorch-style Conv2d: symmetric explicit padding (k-1)//2 by default, NHWC, HWIO kernel."""
+           groups: int = 1, use_bias: bool = True, name: str | None = None, fast_grad: bool = False) -> nn.Conv:
+    """A PyTorch-style Conv2d: symmetric explicit padding (k-1)//2 by default, NHWC, HWIO kernel.
+    `fast_grad`: `ops.conv.conv_general_dilated` (kernel gradient as per-tap GEMMs: the same forward, gradients
+    equal up to rounding, 2-5x faster on XLA:CPU for small-channel layers and large maps)."""
     pad = (kernel_size - 1) // 2 if padding is None else padding
+    extra = {"conv_general_dilated": conv_ops.conv_general_dilated} if fast_grad else {}
     return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                   use_bias=use_bias, kernel_init=conv_init, name=name)
+                   use_bias=use_bias, kernel_init=conv_init, name=name, **extra)
 
 
 def depthwise_taps(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
@@ -148,10 +153,12 @@ class BaseConv(nn.Module):
     stride: int = 1
     act: str = "silu"
     frame_groups: int = 1
+    fast_ops: bool = False   # conv with the fast gradient (`conv2d(fast_grad=True)`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = conv2d(self.features, self.kernel_size, self.stride, use_bias=False, name="conv")(x)
+        x = conv2d(self.features, self.kernel_size, self.stride, use_bias=False, name="conv",
+                   fast_grad=self.fast_ops)(x)
         x = BatchNorm(momentum=0.03, epsilon=1e-3, frame_groups=self.frame_groups, name="bn")(x, train)
         return ACTIVATIONS[self.act](x)
 
@@ -162,12 +169,13 @@ class ConvSequence(nn.Module):
     features: tuple[int, ...]
     kernel_size: int = 3
     acts: tuple[str, ...] | None = None
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         acts = self.acts or ("silu",) * len(self.features)
         for i, (f, a) in enumerate(zip(self.features, acts)):
-            x = BaseConv(f, self.kernel_size, act=a, name=str(i))(x, train)
+            x = BaseConv(f, self.kernel_size, act=a, fast_ops=self.fast_ops, name=str(i))(x, train)
         return x
 
 

@@ -75,7 +75,8 @@ class Neck(nn.Module):
         if self.atm:
             f_t = atm_cls(c, self.fast_ops, name="atm")(feats, train)
         if f_s is not None and f_t is not None:
-            f_st = mix_cls((2 * c, c), name="conv_fin_mix")(jnp.concatenate([f_s, f_t], -1), train)
+            f_st = mix_cls((2 * c, c), fast_ops=self.fast_ops, name="conv_fin_mix")(
+                jnp.concatenate([f_s, f_t], -1), train)
             self.sow("intermediates", "neck.conv_fin_mix", f_st)
         else:
             f_st = f_s if f_s is not None else f_t
@@ -90,14 +91,16 @@ class Neck(nn.Module):
         def or_key(f):
             return f_key if f is None else f
 
-        rcu1 = rcu_cls(c, name="resblock0")(jnp.concatenate([or_key(f_st), or_key(f_flt)], -1), train)
+        rcu1 = rcu_cls(c, self.fast_ops, name="resblock0")(
+            jnp.concatenate([or_key(f_st), or_key(f_flt)], -1), train)
         self.sow("intermediates", "neck.resblock0", rcu1)
         if self.rcu == 1:
             return rcu1 if f_fgt is None else rcu1 + f_fgt
-        rcu2 = rcu_cls(c, name="resblock1")(jnp.concatenate([or_key(f_flt), or_key(f_fgt)], -1), train)
+        rcu2 = rcu_cls(c, self.fast_ops, name="resblock1")(
+            jnp.concatenate([or_key(f_flt), or_key(f_fgt)], -1), train)
         self.sow("intermediates", "neck.resblock1", rcu2)
         if self.rcu == 2:
             return rcu1 + rcu2
-        rcu3 = rcu_cls(c, name="resblock2")(jnp.concatenate([rcu1, rcu2], -1), train)
+        rcu3 = rcu_cls(c, self.fast_ops, name="resblock2")(jnp.concatenate([rcu1, rcu2], -1), train)
         self.sow("intermediates", "neck.resblock2", rcu3)
         return rcu3

@@ -60,6 +60,7 @@ class ResCBAM(nn.Module):
     """
 
     features: int = 128
+    fast_ops: bool = False   # the 3x3 convs with the fast gradient (`layers.conv2d(fast_grad=True)`)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -67,9 +68,9 @@ class ResCBAM(nn.Module):
             raise ValueError(f"ResCBAM: expected x of shape (B, H, W, C), got {tuple(x.shape)}")
         f = self.features
         residual = _Shortcut(f, name="shortcut")(x, train) if x.shape[-1] != f else x
-        y = conv2d(f, 3, name="conv1")(x)
+        y = conv2d(f, 3, name="conv1", fast_grad=self.fast_ops)(x)
         y = nn.relu(BatchNorm(momentum=0.1, epsilon=1e-5, name="bn1")(y, train))
-        y = conv2d(f, 3, name="conv2")(y)
+        y = conv2d(f, 3, name="conv2", fast_grad=self.fast_ops)(y)
         y = BatchNorm(momentum=0.1, epsilon=1e-5, name="bn2")(y, train)
         y = ChannelAttention(name="ca")(y) * y
         y = SpatialAttention(name="sa")(y) * y

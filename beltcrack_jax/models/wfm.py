@@ -128,7 +128,7 @@ class WFM(nn.Module):
     channels: int = 128
     num_heads: int = 4
     window_hw: int = 8
-    fast_ops: bool = False   # WTConv taps + Swin fast attention/GELU (same math; see WTConv, SwinBlock3D)
+    fast_ops: bool = False   # WTConv taps, Swin attention/GELU, fast conv gradients (same math; see WTConv, Swin)
 
     @nn.compact
     def __call__(self, feats: jax.Array, f_t: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -143,11 +143,11 @@ class WFM(nn.Module):
         self.sow("intermediates", "conv_dw_out", f_f)
         ft = jnp.concatenate([f_f.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c), f_t], axis=-1)
 
-        f_flt = ConvSequence((4 * c, 2 * c, c), name="conv_fre_new")(ft, train)
+        f_flt = ConvSequence((4 * c, 2 * c, c), fast_ops=self.fast_ops, name="conv_fre_new")(ft, train)
         self.sow("intermediates", "conv_fre_new_out", f_flt)
         g = SwinBlock3D(dim=c, num_slices=t + 1, num_heads=self.num_heads,
                         window=(t + 1, self.window_hw, self.window_hw), fast_ops=self.fast_ops, name="swin")(ft)
         self.sow("intermediates", "swin_out", g)
-        f_fgt = ConvSequence((8 * c, c), name="conv_t")(g, train)
+        f_fgt = ConvSequence((8 * c, c), fast_ops=self.fast_ops, name="conv_t")(g, train)
         self.sow("intermediates", "conv_t_out", f_fgt)
         return f_flt, f_fgt
