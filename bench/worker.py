@@ -280,7 +280,7 @@ def _module_grad_fn(module, variables, inputs, input_grad: bool = True):
     mutable = ["batch_stats"] if "batch_stats" in variables else False
 
     def loss(params, v, xs):
-        params = jax.tree.map(lambda a, fz: jax.lax.stop_gradient(a) if fz else a, params, frozen)
+        params = optim.stop_frozen_gradients(params, frozen)
         out = module.apply({**v, "params": params}, *xs, mutable=mutable, **kw)
         out = out[0] if mutable else out
         return sum(jnp.sum(o * jnp.cos(o)) for o in jax.tree.leaves(out))   # a non-trivial cotangent

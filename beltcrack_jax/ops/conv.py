@@ -3,15 +3,12 @@
 Why hand-written: XLA:CPU computes a convolution's kernel gradient as another convolution in which the batch
 axis becomes the contracted feature axis and the (large) cotangent map becomes the "kernel". For the backbone's
 small-channel layers (12-64 channels on 64²-128² maps) that runs at 10-30 GFLOP/s, against ~170 for the forward,
-and it made the backward pass 3-6x the forward. Here:
-
-an ungrouped, undilated NHWC/HWIO convolution keeps XLA's forward (bit-identical outputs) and input gradient, and
+and it made the backward pass 3-6x the forward. Here an ungrouped, undilated NHWC/HWIO convolution keeps XLA's forward (bit-identical outputs) and input gradient, and
 computes the kernel gradient as one matrix product per tap: dW[i, j] = sum_{n,y,x} x_pad[n, s*y+i, s*x+j, :]^T
 g[n, y, x, :] (a K = N*Ho*Wo contraction, which the GEMM kernels run near peak; a 1x1 kernel is one GEMM).
 
 Small maps (N*Ho*Wo < TAP_GRAD_MIN_PIXELS), grouped or dilated convolutions and other layouts fall through to
-`lax.conv_general_dilated` unchanged.
-Pass it as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`; `models.layers.conv2d(fast_grad=True)` does.
+`lax.conv_general_dilated` unchanged. Pass it as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`; `models.layers.conv2d(fast_grad=True)` does.
 """
 
 from __future__ import annotations

@@ -68,6 +68,12 @@ def frozen_mask(labels: Mapping[str, Any]) -> dict[str, Any]:
     return jax.tree.map(lambda label: label == "frozen", labels)
 
 
+def stop_frozen_gradients(params: Mapping[str, Any], frozen: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` with `lax.stop_gradient` on the leaves `frozen` (a `frozen_mask`) marks: no gradient is computed
+    for them."""
+    return jax.tree.map(lambda a, f: jax.lax.stop_gradient(a) if f else a, params, frozen)
+
+
 def group_summary(labels: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     """{group: (number of tensors, number of values)}."""
     out = {g: [0, 0] for g in GROUPS}

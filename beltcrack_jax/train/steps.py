@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from beltcrack_jax.train import ema as ema_lib
+from beltcrack_jax.train import optim
 from beltcrack_jax.train.state import TrainState
 
 # ImageNet statistics, as the reference's `preprocess_input`.
@@ -54,7 +55,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, 
     def loss_and_stats(params, batch_stats, mb, rng):
         p = params
         if frozen is not None:
-            p = jax.tree.map(lambda a, f: jax.lax.stop_gradient(a) if f else a, p, frozen)
+            p = optim.stop_frozen_gradients(p, frozen)
         x = normalize(mb["clips"])
         if compute_dtype != jnp.float32:
             p = jax.tree.map(lambda a: a.astype(compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, p)
