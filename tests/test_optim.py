@@ -252,29 +252,61 @@ def test_step_schedule_and_scaling_rule():
         optim.lr_bounds(4, scaling="cubic")
 
 
+class _ToyDetector(nn.Module):
+    """A Dense layer and a never-optimised 'relative_position_bias_table', with a (B, 1, 1, 4) output."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        table = self.param("relative_position_bias_table", nn.initializers.normal(1.0), (3,))
+        y = nn.Dense(4, name="fc")(x.reshape(x.shape[0], -1)[:, :12])
+        return (y + jnp.sum(table ** 2))[:, None, None, :]
+
+
+def _toy_setup():
+    model = _ToyDetector()
+    batch = {"clips": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 1, 2, 2, 3)), jnp.uint8),
+             "boxes": jnp.zeros((2, 1, 4)), "classes": jnp.zeros((2, 1), jnp.int32), "mask": jnp.ones((2, 1))}
+    variables = {**model.init(jax.random.key(0), batch["clips"].astype(jnp.float32)), "batch_stats": {}}
+    labels = optim.param_labels(variables["params"])
+    tx = optim.sgd_reference(0.1, labels, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    return model, batch, variables, labels, tx
+
+
+def _mean_square_loss(raw, boxes, classes, mask):
+    return jnp.mean(raw ** 2) + 0.0 * jnp.sum(boxes), {}
+
+
+def test_non_finite_step_returns_the_donated_state_unchanged():
+    """A NaN in the batch gives finite = 0 and the input state back bit for bit (the step donates its state,
+    so this is the only copy the loop still has); the next finite step then moves the parameters."""
+    from beltcrack_jax.train.state import create_train_state
+    from beltcrack_jax.train.steps import make_train_step
+
+    model, batch, variables, labels, tx = _toy_setup()
+    step = jax.jit(make_train_step(model, tx, _mean_square_loss), donate_argnums=0)
+    state, m = step(create_train_state(variables, tx), batch)
+    assert float(m["finite"]) == 1.0
+    before = [np.array(a) for a in jax.tree.leaves(state)]
+    kernel = np.array(state.params["fc"]["kernel"])
+    bad = {**batch, "boxes": batch["boxes"].at[0, 0, 0].set(jnp.nan)}
+    state, m = step(state, bad)
+    assert float(m["finite"]) == 0.0 and not np.isfinite(float(m["loss"]))
+    for a, b in zip(before, jax.tree.leaves(state)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    state, m = step(state, batch)
+    assert float(m["finite"]) == 1.0 and int(state.step) == 2
+    assert not np.array_equal(kernel, np.asarray(state.params["fc"]["kernel"]))
+
+
 def test_frozen_leaves_get_no_gradient_and_the_same_step():
     """`make_train_step(frozen=optim.frozen_mask(labels))` skips the gradient of the never-optimised leaves (e.g.
     the Swin bias tables): the new state is identical, and the frozen leaves' gradient leaves the graph."""
     from beltcrack_jax.train.state import create_train_state
     from beltcrack_jax.train.steps import make_train_step
 
-    class Toy(nn.Module):
-        @nn.compact
-        def __call__(self, x, train=False):
-            table = self.param("relative_position_bias_table", nn.initializers.normal(1.0), (3,))
-            y = nn.Dense(4, name="fc")(x.reshape(x.shape[0], -1)[:, :12])
-            return (y + jnp.sum(table ** 2))[:, None, None, :]
-
-    model = Toy()
-    batch = {"clips": jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 1, 2, 2, 3)), jnp.uint8),
-             "boxes": jnp.zeros((2, 1, 4)), "classes": jnp.zeros((2, 1), jnp.int32), "mask": jnp.ones((2, 1))}
-    variables = {**model.init(jax.random.key(0), batch["clips"].astype(jnp.float32)), "batch_stats": {}}
-    labels = optim.param_labels(variables["params"])
+    model, batch, variables, labels, tx = _toy_setup()
     assert labels["relative_position_bias_table"] == "frozen" and labels["fc"]["kernel"] == "pg1"
-    tx = optim.sgd_reference(0.1, labels, momentum=0.9, nesterov=True, weight_decay=5e-4)
-
-    def loss_fn(raw, boxes, classes, mask):
-        return jnp.mean(raw ** 2), {}
+    loss_fn = _mean_square_loss
 
     states, metrics = [], []
     for frozen in (None, optim.frozen_mask(labels)):

@@ -94,19 +94,23 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, 
             loss = losses.mean()
             aux = jax.tree.map(jnp.mean, auxs)
 
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_updates = state.ema_updates + 1
-        new_ema = ema_lib.ema_update({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
-                                     {"params": params, "batch_stats": stats}, ema_updates, ema_decay, ema_tau)
-        new = TrainState(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state,
-                         ema_params=new_ema["params"], ema_batch_stats=new_ema["batch_stats"],
-                         ema_updates=ema_updates)
-
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # Keep the last good state on a non-finite step (the loop stops and reports it).
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+        def update(state, grads, stats):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            ema_updates = state.ema_updates + 1
+            new_ema = ema_lib.ema_update({"params": state.ema_params, "batch_stats": state.ema_batch_stats},
+                                         {"params": params, "batch_stats": stats}, ema_updates, ema_decay, ema_tau)
+            return TrainState(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state,
+                              ema_params=new_ema["params"], ema_batch_stats=new_ema["batch_stats"],
+                              ema_updates=ema_updates)
+
+        # Keep the last good state on a non-finite step (the loop stops and reports it). A branch rather than
+        # a select of new vs old: the select keeps the old state alive to the end, so the donated buffers
+        # cannot be updated in place (XLA copies every leaf first; 110 vs 138 ms for optimiser + EMA, CPU).
+        new = jax.lax.cond(finite, update, lambda state, grads, stats: state, state, grads, stats)
         metrics = {"loss": loss.astype(jnp.float32), "grad_norm": grad_norm, "finite": finite.astype(jnp.float32),
                    **{f"loss/{k}": v for k, v in aux.items()}}
         if lr_schedule is not None:
