@@ -326,7 +326,7 @@ def task_modules(args) -> dict[str, Any]:
          (rnd(b * t, args.size, args.size, 3),)),
         ("HSM conv_ref (gate)", ConvSequence((2 * c, c), acts=("silu", "sigmoid")), (rnd(b, h, h, (t - 1) * c),)),
         ("HSM conv_cr_mix", ConvSequence((2 * c, c)), (rnd(b, h, h, 2 * c),)),
-        ("HSM non-local (NAB)", NonLocalBlock(c), (rnd(b, h, h, c),)),
+        ("HSM non-local (NAB)", NonLocalBlock(c, fast), (rnd(b, h, h, c),)),
         ("HSM key/value (x2)", KeyValue(c // 2, c), (rnd(b, h, h, c),)),
         ("HSM memory reader", MemoryReader(c, fast), (rnd(b, h, h, c // 2), rnd(b, h, h, c), rnd(b, h, h, c // 2),
                                                      rnd(b, h, h, c))),

@@ -9,13 +9,46 @@ from beltcrack_jax.models.hsm import HSM, KeyValue, MemoryReader, NonLocalBlock
 from golden_utils import FULL_TOL, MODULE_TOL, assert_close, case_params, load, nchw_to_nhwc, random_variables
 
 
-def test_nonlocal_golden(golden):
+@pytest.mark.parametrize("fast_ops", [False, True])
+def test_nonlocal_golden(golden, fast_ops):
     m = golden("modules_io")
     x = nchw_to_nhwc(m["nonlocal/in/x"])
-    block = NonLocalBlock(128)
+    block = NonLocalBlock(128, fast_ops)
     variables = load(block, case_params(golden, "nonlocal"), "neck.nolocal.", x)
     assert float(variables["params"]["gamma"][0]) == 0.5   # the golden case sets gamma != 0, so attention counts
     assert_close(block.apply(variables, x), m["nonlocal/out/y"], MODULE_TOL, "nonlocal")
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3])
+@pytest.mark.parametrize("gamma_frozen", [True, False])
+def test_nonlocal_fast_skip_has_the_same_output_and_gradients(gamma, gamma_frozen):
+    """fast_ops skips the attention when gamma == 0 (every reference-trained checkpoint). Output and gradients
+    equal the plain block's: bit for bit at gamma == 0 (q, k, v get exact zeros), including d/dgamma when
+    gamma is differentiated (no skip then) or its zero when it is frozen; to rounding with gamma != 0."""
+    x = jax.random.normal(jax.random.key(1), (2, 4, 6, 16))
+    plain, fast = NonLocalBlock(16), NonLocalBlock(16, fast_ops=True)
+    params = {**plain.init(jax.random.key(0), x)["params"], "gamma": jnp.array([gamma], jnp.float32)}
+
+    def loss(block, params, x):
+        if gamma_frozen:
+            params = {**params, "gamma": jax.lax.stop_gradient(params["gamma"])}
+        return jnp.sum(jnp.sin(block.apply({"params": params}, x)))
+
+    ys = [np.asarray(b.apply({"params": params}, x)) for b in (plain, fast)]
+    gs = [jax.tree.leaves(jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(b, params, x))
+          for b in (plain, fast)]
+    if gamma == 0.0:
+        np.testing.assert_array_equal(ys[1], np.asarray(x))
+        np.testing.assert_array_equal(ys[0], ys[1])
+        for a, b in zip(*gs):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+        assert np.abs(ys[1] - np.asarray(x)).max() > 1e-3
+        np.testing.assert_allclose(ys[0], ys[1], rtol=0, atol=1e-6)
+        for a, b in zip(*gs):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    g_gamma = np.asarray(jax.grad(loss, argnums=1)(fast, params, x)["gamma"])
+    assert (g_gamma[0] == 0) == gamma_frozen   # a trainable gamma gets its gradient, also at 0
 
 
 def test_nonlocal_is_identity_at_init():

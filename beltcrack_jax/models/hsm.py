@@ -23,6 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+from jax.custom_derivatives import SymbolicZero
 
 from beltcrack_jax.models.layers import BaseConv, BatchNorm, ConvSequence, conv2d
 
@@ -34,15 +35,59 @@ def _check_nhwc(x: jax.Array, channels: int, what: str) -> None:
         raise ValueError(f"{what}: expected {channels} channels (last axis), got shape {tuple(x.shape)}")
 
 
+def _non_local(gamma: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, x: jax.Array) -> jax.Array:
+    """gamma * softmax_keys(q k^T) v + x; q, k (B, N, dk), v (B, N, C), x (B, H, W, C), N = H*W row-major."""
+    attn = jax.nn.softmax(jnp.einsum("bid,bjd->bij", q, k), axis=-1)   # (B, query i, key j)
+    return gamma[0] * jnp.einsum("bij,bjc->bic", attn, v).reshape(x.shape) + x
+
+
+def _zeros_if_symbolic(t):
+    return jnp.zeros(t.shape, t.dtype) if isinstance(t, SymbolicZero) else t
+
+
+@jax.custom_jvp
+def _non_local_skip_at_zero_gamma(gamma, q, k, v, x):
+    """`_non_local` without computing the attention when gamma == 0 (the result is then x: 0 * finite + x)."""
+    return jax.lax.cond(gamma[0] == 0, lambda gamma, q, k, v, x: x, _non_local, gamma, q, k, v, x)
+
+
+def _non_local_skip_jvp(primals, tangents):
+    # d/dgamma needs the attention output: a differentiated gamma gets the plain rule. An undifferentiated one
+    # (frozen, as in the reference) at 0 leaves the tangent dx, since q, k, v only enter multiplied by gamma;
+    # the cond then skips the attention in the backward pass as well.
+    if not isinstance(tangents[0], SymbolicZero):
+        return jax.jvp(_non_local, primals, tuple(_zeros_if_symbolic(t) for t in tangents))
+    gamma = primals[0]
+    # Rematerialised: the cond's residuals are then its inputs, not (B, N, N) attention maps that the skip
+    # branch would have to fill with zeros.
+    non_local = jax.checkpoint(_non_local)
+
+    def attend(gamma, q, k, v, x, dq, dk, dv, dx):
+        return jax.jvp(lambda q, k, v, x: non_local(gamma, q, k, v, x), (q, k, v, x), (dq, dk, dv, dx))
+
+    return jax.lax.cond(gamma[0] == 0, lambda gamma, q, k, v, x, dq, dk, dv, dx: (x, dx), attend,
+                        *primals, *(_zeros_if_symbolic(t) for t in tangents[1:]))
+
+
+_non_local_skip_at_zero_gamma.defjvp(_non_local_skip_jvp, symbolic_zeros=True)
+
+
 class NonLocalBlock(nn.Module):
     """Non-local attention block (NAB): (B, H, W, C) -> (B, H, W, C).
 
     q, k = 1x1 convs C -> C//8, v = 1x1 conv C -> C (all with bias); attention over the H*W positions
     (row-major), energy = q . k with no 1/sqrt(d) scaling, softmax over the keys; y = gamma * (attn @ v) + x,
     gamma a scalar initialised to 0 (so the block is an identity at init).
+
+    The reference never optimises gamma, so it is 0 in every trained checkpoint and the block returns x.
+    `fast_ops=True` then skips the (H*W)^2 attention at run time (`lax.cond` on gamma == 0; 5 GFLOP per clip at
+    512²), in the backward pass too as long as gamma itself is not differentiated (the train step's frozen
+    leaves are not). Output and gradients are those of the product by gamma = 0 (q, k, v get exact zeros);
+    only a non-finite attention output would differ (NaN in the reference, x here).
     """
 
     channels: int
+    fast_ops: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -53,9 +98,9 @@ class NonLocalBlock(nn.Module):
         k = conv2d(dk, 1, name="key_conv")(x).reshape(b, h * w, dk)
         v = conv2d(c, 1, name="value_conv")(x).reshape(b, h * w, c)
         gamma = self.param("gamma", nn.initializers.zeros, (1,))
-        attn = jax.nn.softmax(jnp.einsum("bid,bjd->bij", q, k), axis=-1)   # (B, query i, key j)
-        out = jnp.einsum("bij,bjc->bic", attn, v).reshape(b, h, w, c)
-        return gamma[0] * out + x
+        if self.fast_ops:
+            return _non_local_skip_at_zero_gamma(gamma, q, k, v, x)
+        return _non_local(gamma, q, k, v, x)
 
 
 class KeyValue(nn.Module):
@@ -127,7 +172,7 @@ class MemoryReader(nn.Module):
 
 class HSM(nn.Module):
     """Spatial branch: feats (B, T, H, W, C) with T >= 2 (key frame last) -> F_S (B, H, W, C), C = `channels`.
-    `fast_ops`: see MemoryReader."""
+    `fast_ops`: see MemoryReader and NonLocalBlock."""
 
     channels: int = 128
     fast_ops: bool = False
@@ -149,7 +194,7 @@ class HSM(nn.Module):
         self.sow("intermediates", "neck.conv_cur", cur)
         mix = ConvSequence((2 * c, c), fast_ops=fast, name="conv_cr_mix")(jnp.concatenate([cur, key], -1), train)
         self.sow("intermediates", "neck.conv_cr_mix", mix)
-        nab = NonLocalBlock(c, name="nolocal")(mix)
+        nab = NonLocalBlock(c, fast, name="nolocal")(mix)
         self.sow("intermediates", "neck.nolocal", nab)
 
         k_q, v_q = KeyValue(max(1, c // 2), c, name="keyvalue_Q")(key)
