@@ -230,7 +230,8 @@ def task_stream(args) -> dict[str, Any]:
         from beltcrack_jax.models.neck import Neck
 
         bb = YOLOPAFPN(model.depth, model.backbone_width, model.width, fast_ops=model.fast_ops)
-        neck = Neck(bb.out_channels, model.hsm, model.atm, model.wfm, model.rcu, model.fast_ops)
+        neck = Neck(bb.out_channels, model.hsm, model.atm, model.wfm, model.rcu, model.fast_ops,
+                    swin_window_chunk=model.swin_window_chunk)
         head = YOLOXHead(model.num_classes, model.width)
 
         def sub(name):
@@ -301,6 +302,7 @@ def task_modules(args) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
+    from beltcrack_jax.models import resolve_swin_window_chunk
     from beltcrack_jax.models.atm import GAL, TARFusion
     from beltcrack_jax.models.backbone import YOLOPAFPN
     from beltcrack_jax.models.head import YOLOXHead
@@ -314,6 +316,7 @@ def task_modules(args) -> dict[str, Any]:
     cfg = common.load_config(args.config, ov)
     m = cfg.model
     fast = bool(m.get("fast_ops", True))
+    chunk = resolve_swin_window_chunk(m.get("swin_window_chunk", -1))
     b, t, c = args.batch, m.num_frames, int(round(128 * m.width))
     h = args.size // 8
     rng = np.random.default_rng(0)
@@ -335,7 +338,7 @@ def task_modules(args) -> dict[str, Any]:
         ("conv_fin_mix", ConvSequence((2 * c, c)), (rnd(b, h, h, 2 * c),)),
         ("WFM WTConv (T frames)", WTConv(c, fast_ops=fast), (rnd(b * t, h, h, c),)),
         ("WFM conv_fre_new", ConvSequence((4 * c, 2 * c, c)), (rnd(b, h, h, (t + 1) * c),)),
-        ("WFM Swin", SwinBlock3D(c, t + 1, 4, (t + 1, 8, 8), fast_ops=fast), (rnd(b, h, h, (t + 1) * c),)),
+        ("WFM Swin", SwinBlock3D(c, t + 1, 4, (t + 1, 8, 8), fast_ops=fast, window_chunk=chunk), (rnd(b, h, h, (t + 1) * c),)),
         ("WFM conv_t", ConvSequence((8 * c, c)), (rnd(b, h, h, (t + 1) * c),)),
         ("RCU (one of 3)", ResCBAM(c), (rnd(b, h, h, 2 * c),)),
         ("head", YOLOXHead(m.num_classes, m.width), (rnd(b, h, h, c),)),

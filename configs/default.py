@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.fold_bn = False         # inference: BN folded into convs; apply to models.inference.fold_batchnorm(vars)
     c.model.compute_dtype = "float32"   # inference: "bfloat16" = bf16 forward, f32 conv/matmul accumulation
     c.model.remat = "none"          # backward pass: "modules" | "dots" = jax.checkpoint units (less memory)
+    # fast_ops: Swin windows per attention call (lax.map loop; bit-identical). -1 = auto: 2 on CPU (the scores of
+    # a few windows stay in cache), 0 = all windows in one batched call (accelerators).
+    c.model.swin_window_chunk = -1
 
     # ---- data (beltcrack_jax.data) ----------------------------------------------------------------------
     # TFDS dataset 'beltcrack/<config>': beltcrack14ks | beltcrack9kd (manual download, see data/README.md) or

@@ -237,3 +237,36 @@ def test_bad_input_raises():
         module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 80)))
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         SwinBlock3D(dim=18, num_slices=2, num_heads=4).init(jax.random.key(0), jnp.zeros((1, 8, 8, 36)))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_window_chunked_attention_matches_one_batched_call(chunk):
+    """fast_ops with `window_chunk` (windows per lax.map step) gives the one-call result and gradients: 6 windows
+    per clip and 2 clips; chunk 4 does not divide the 6 windows and falls back to 1 per step."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 16, 24, 3 * 16)), jnp.float32)
+    kw = dict(dim=16, num_slices=3, num_heads=4, window=(3, 8, 8), fast_ops=True)
+    whole, chunked = SwinBlock3D(**kw), SwinBlock3D(**kw, window_chunk=chunk)
+    params = jax.tree.map(lambda a: a * 4.0 if a.ndim == 2 else a,   # larger logits: the softmax matters
+                          jax.jit(whole.init)(jax.random.key(0), x)["params"])
+
+    def loss(module, params, x):
+        y = module.apply({"params": params}, x)
+        return jnp.sum(y * jnp.cos(y))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(1, 2)), static_argnums=0)
+    (l0, g0), (l1, g1) = grad(whole, params, x), grad(chunked, params, x)
+    _check(jax.jit(chunked.apply)({"params": params}, x), np.asarray(jax.jit(whole.apply)({"params": params}, x)))
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+
+
+def test_swin_window_chunk_config_resolution():
+    from beltcrack_jax.models import build_model, resolve_swin_window_chunk
+    assert resolve_swin_window_chunk(-1, backend="cpu") == 2
+    assert resolve_swin_window_chunk(-1, backend="gpu") == 0 and resolve_swin_window_chunk(-1, backend="tpu") == 0
+    assert resolve_swin_window_chunk(5, backend="gpu") == 5 and resolve_swin_window_chunk(0, backend="cpu") == 0
+    with pytest.raises(ValueError, match="swin_window_chunk"):
+        resolve_swin_window_chunk(-3)
+    assert build_model({"num_frames": 5, "swin_window_chunk": -1}).swin_window_chunk == 2   # this CPU

@@ -46,6 +46,7 @@ class BeltCrackDet(nn.Module):
     fold_bn: bool = False            # eval only, with variables = inference.fold_batchnorm(unfolded variables)
     compute_dtype: str = "float32"   # 'bfloat16': bf16 forward (eval), f32 accumulation in convs/matmuls
     remat: str = "none"              # 'none' | 'modules' | 'dots': jax.checkpoint units for the backward pass
+    swin_window_chunk: int = 0       # fast_ops: Swin windows per attention call (0: all at once; build_model: auto)
 
     def check_input(self, clips) -> None:
         """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
@@ -97,7 +98,7 @@ class BeltCrackDet(nn.Module):
             feats = p3.reshape((b, t) + p3.shape[1:])
             self.sow("intermediates", "backbone_feats", feats)
             neck = wrap(Neck, remat=False)(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
-                                           self.remat, name="neck")
+                                           self.remat, self.swin_window_chunk, name="neck")
             fused = neck(feats, train)
         else:
             fused = p3

@@ -129,6 +129,7 @@ class WFM(nn.Module):
     num_heads: int = 4
     window_hw: int = 8
     fast_ops: bool = False   # WTConv taps, Swin attention/GELU, fast conv gradients (same math; see WTConv, Swin)
+    swin_window_chunk: int = 0   # fast_ops: Swin windows per attention call (0: all at once; SwinBlock3D)
 
     @nn.compact
     def __call__(self, feats: jax.Array, f_t: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -146,7 +147,8 @@ class WFM(nn.Module):
         f_flt = ConvSequence((4 * c, 2 * c, c), fast_ops=self.fast_ops, name="conv_fre_new")(ft, train)
         self.sow("intermediates", "conv_fre_new_out", f_flt)
         g = SwinBlock3D(dim=c, num_slices=t + 1, num_heads=self.num_heads,
-                        window=(t + 1, self.window_hw, self.window_hw), fast_ops=self.fast_ops, name="swin")(ft)
+                        window=(t + 1, self.window_hw, self.window_hw), fast_ops=self.fast_ops,
+                        window_chunk=self.swin_window_chunk, name="swin")(ft)
         self.sow("intermediates", "swin_out", g)
         f_fgt = ConvSequence((8 * c, c), fast_ops=self.fast_ops, name="conv_t")(g, train)
         self.sow("intermediates", "conv_t_out", f_fgt)
