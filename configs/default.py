@@ -34,9 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.fold_bn = False         # inference: BN folded into convs; apply to models.inference.fold_batchnorm(vars)
     c.model.compute_dtype = "float32"   # inference: "bfloat16" = bf16 forward, f32 conv/matmul accumulation
     c.model.remat = "none"          # backward pass: "modules" | "dots" = jax.checkpoint units (less memory)
-    # fast_ops: Swin windows per attention call (lax.map loop; bit-identical). -1 = auto: 2 on CPU (the scores of
-    # a few windows stay in cache), 0 = all windows in one batched call (accelerators).
-    c.model.swin_window_chunk = -1
+    # Work split for XLA:CPU (same numbers). -1 = auto: on for CPU, off on accelerators (BENCHMARKS.md).
+    c.model.swin_window_chunk = -1  # fast_ops: Swin windows per attention call (auto: 2 on CPU, 0 = all at once)
+    c.model.backbone_per_frame = -1  # 1: one backbone call per frame (T parallel chains); 0: one call over B*T
 
     # ---- data (beltcrack_jax.data) ----------------------------------------------------------------------
     # TFDS dataset 'beltcrack/<config>': beltcrack14ks | beltcrack9kd (manual download, see data/README.md) or

@@ -127,6 +127,61 @@ def test_fast_ops_forward_matches_plain(tiny, tiny_ref):
         assert _rel(a, b) < 1e-5, jax.tree_util.keystr(path)
 
 
+def _per_frame_pair(tiny):
+    """The ATM-only ablation (cheap to compile; it still feeds all T frames through the backbone) with and
+    without backbone_per_frame, and random variables for it."""
+    model, _, clips = tiny
+    small = model.clone(hsm=False, wfm=False, rcu=1)
+    rng = np.random.default_rng(3)
+    variables = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.0, a.shape) if a.ndim == 1 else
+                                                   rng.standard_normal(a.shape) / np.sqrt(np.prod(a.shape[:-1])),
+                                                   a.dtype), jax.eval_shape(small.init, jax.random.key(0), clips))
+    return small.clone(backbone_per_frame=True), small.clone(backbone_per_frame=False), variables, clips
+
+
+def test_backbone_per_frame_equals_one_call(tiny):
+    """backbone_per_frame (auto on CPU): T backbone calls give the one-call eval output, and in training the
+    same output and running statistics (updated once per frame, in frame order), to float rounding (train-mode
+    BN over 2 clips at 64 px amplifies the different reduction order to ~2e-5 of the output)."""
+    split, joint, variables, clips = _per_frame_pair(tiny)
+    ev = [jax.jit(m.apply)(variables, clips) for m in (split, joint)]
+    assert _rel(ev[0], ev[1]) < 1e-6
+    tr = [jax.jit(lambda v, c, m=m: m.apply(v, c, train=True, mutable=["batch_stats"]))(variables, clips)
+          for m in (split, joint)]
+    (o0, s0), (o1, s1) = tr
+    assert _rel(o0, o1) < 1e-4
+    for a, b, before in zip(jax.tree.leaves(s0), jax.tree.leaves(s1), jax.tree.leaves(variables["batch_stats"])):
+        assert _rel(a, b) < 1e-4 and not np.allclose(a, before)
+
+
+@pytest.mark.slow
+def test_backbone_per_frame_gradients_equal_one_call(tiny):
+    split, joint, variables, clips = _per_frame_pair(tiny)
+
+    def train_loss(m, params):
+        out, _ = m.apply({**variables, "params": params}, clips, train=True, mutable=["batch_stats"])
+        return jnp.sum(out * jnp.cos(out))
+
+    g0, g1 = (jax.jit(jax.grad(train_loss, argnums=1), static_argnums=0)(m, variables["params"])
+              for m in (split, joint))
+    # relative to each leaf's scale, floored at 1e-4 of the largest gradient: biases in front of a train-mode
+    # BN have a zero gradient in exact arithmetic (rounding noise here)
+    floor = 1e-4 * max(float(jnp.abs(b).max()) for b in jax.tree.leaves(g1))
+    errs = {jax.tree_util.keystr(p): float(jnp.abs(a - b).max()) / max(float(jnp.abs(b).max()), floor)
+            for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(g0), jax.tree.leaves(g1))}
+    assert max(errs.values()) < 1e-3, sorted(errs.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_cpu_schedule_switches_resolve_by_backend():
+    from beltcrack_jax.models import build_model, resolve_backbone_per_frame
+    assert resolve_backbone_per_frame(-1, backend="cpu") and not resolve_backbone_per_frame(-1, backend="gpu")
+    assert resolve_backbone_per_frame(1, backend="gpu") and not resolve_backbone_per_frame(0, backend="cpu")
+    with pytest.raises(ValueError, match="backbone_per_frame"):
+        resolve_backbone_per_frame(2)
+    cfg = load_config_file("configs/tiny.py")
+    assert build_model(cfg).backbone_per_frame   # this machine is a CPU
+
+
 # ------------------------------------------------------------------------------------------------ BN folding
 
 

@@ -10,7 +10,8 @@ import jax
 from beltcrack_jax.models.detector import BeltCrackDet
 
 MODEL_FIELDS = ("num_frames", "num_classes", "depth", "backbone_width", "width", "hsm", "atm", "wfm", "rcu",
-                "per_frame_bn_stats", "fast_ops", "fold_bn", "compute_dtype", "remat", "swin_window_chunk")
+                "per_frame_bn_stats", "fast_ops", "fold_bn", "compute_dtype", "remat", "swin_window_chunk",
+                "backbone_per_frame")
 
 
 _MISSING = object()
@@ -35,7 +36,23 @@ def build_model(config: Any) -> nn.Module:
         kwargs["rcu"] = int(kwargs["rcu"])
     if "swin_window_chunk" in kwargs:
         kwargs["swin_window_chunk"] = resolve_swin_window_chunk(kwargs["swin_window_chunk"])
+    if "backbone_per_frame" in kwargs:
+        kwargs["backbone_per_frame"] = resolve_backbone_per_frame(kwargs["backbone_per_frame"])
     return BeltCrackDet(**kwargs)
+
+
+def _on_cpu(backend: str | None) -> bool:
+    return (backend or jax.default_backend()) == "cpu"
+
+
+def resolve_backbone_per_frame(value: int, backend: str | None = None) -> bool:
+    """config.model.backbone_per_frame -> the module field: -1 ('auto') is True on CPU (T independent backbone
+    calls that XLA:CPU overlaps on its threads) and False on accelerators (one call over B*T images keeps the
+    device busy); 0 / 1 are False / True."""
+    value = int(value)
+    if value not in (-1, 0, 1):
+        raise ValueError(f"model.backbone_per_frame must be -1 (auto), 0 or 1, got {value}")
+    return _on_cpu(backend) if value == -1 else bool(value)
 
 
 def resolve_swin_window_chunk(value: int, backend: str | None = None) -> int:
@@ -47,8 +64,8 @@ def resolve_swin_window_chunk(value: int, backend: str | None = None) -> int:
         raise ValueError(f"model.swin_window_chunk must be -1 (auto), 0 (all windows at once) or a positive "
                          f"number of windows, got {value}")
     if value == -1:
-        return 2 if (backend or jax.default_backend()) == "cpu" else 0
+        return 2 if _on_cpu(backend) else 0
     return value
 
 
-__all__ = ["BeltCrackDet", "build_model", "resolve_swin_window_chunk", "MODEL_FIELDS"]
+__all__ = ["BeltCrackDet", "build_model", "resolve_backbone_per_frame", "resolve_swin_window_chunk", "MODEL_FIELDS"]

@@ -47,6 +47,11 @@ class BeltCrackDet(nn.Module):
     compute_dtype: str = "float32"   # 'bfloat16': bf16 forward (eval), f32 accumulation in convs/matmuls
     remat: str = "none"              # 'none' | 'modules' | 'dots': jax.checkpoint units for the backward pass
     swin_window_chunk: int = 0       # fast_ops: Swin windows per attention call (0: all at once; build_model: auto)
+    # One backbone call per frame (T calls on B images) instead of one on B*T: independent chains that XLA:CPU
+    # runs side by side on its threads (~6 % faster forward on 2 cores). Same outputs; in training (per-frame
+    # BN statistics) the running statistics are then updated once per call, in frame order, as the reference's
+    # T backbone calls do. Ignored with per_frame_bn_stats=False in training (one set of statistics over B*T).
+    backbone_per_frame: bool = False
 
     def check_input(self, clips) -> None:
         """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
@@ -91,9 +96,16 @@ class BeltCrackDet(nn.Module):
         else:  # "w/o All": a single-frame detector on the key frame
             frames, groups = clips[:, -1], 1
         wrap = self._wrap(cast)
-        backbone = wrap(YOLOPAFPN, remat=False)(self.depth, self.backbone_width, self.width, frame_groups=groups,
-                                                fast_ops=self.fast_ops, remat=self.remat, name="backbone")
-        p3 = backbone(frames, train)
+        per_frame = multi and self.backbone_per_frame and (self.per_frame_bn_stats or not train)
+        backbone = wrap(YOLOPAFPN, remat=False)(self.depth, self.backbone_width, self.width,
+                                                frame_groups=1 if per_frame else groups, fast_ops=self.fast_ops,
+                                                remat=self.remat, name="backbone")
+        if per_frame:
+            by_frame = frames.reshape((b, t) + frames.shape[1:])
+            p3 = jnp.stack([backbone(by_frame[:, i], train) for i in range(t)], axis=1)
+            p3 = p3.reshape((b * t,) + p3.shape[2:])
+        else:
+            p3 = backbone(frames, train)
         if multi:
             feats = p3.reshape((b, t) + p3.shape[1:])
             self.sow("intermediates", "backbone_feats", feats)
