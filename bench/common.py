@@ -172,7 +172,8 @@ class _nullctx:
 def bench_variables(model, size: int = 64, seed: int = 0) -> dict[str, Any]:
     """Variables for timing without compiling the initialiser: shapes from `jax.eval_shape(model.init)`, values
     drawn on the host -- kernels N(0, 1/fan_in) (variance-preserving, so activations neither vanish into
-    denormals nor blow up), BN scale 1 / bias 0 / mean 0 / var 1, every other leaf N(0, 0.02)."""
+    denormals nor blow up), BN scale 1 / bias 0 / mean 0 / var 1, the NAB's `gamma` 0 (its value at init and in
+    every checkpoint the reference trains: it is never optimised), every other leaf N(0, 0.02)."""
     import jax
     import numpy as np
 
@@ -189,7 +190,7 @@ def bench_variables(model, size: int = 64, seed: int = 0) -> dict[str, Any]:
             v = rng.standard_normal(shape) / np.sqrt(fan_in)
         elif name in ("scale", "var"):
             v = np.ones(shape)
-        elif name in ("bias", "mean"):
+        elif name in ("bias", "mean", "gamma"):
             v = np.zeros(shape)
         else:
             v = 0.02 * rng.standard_normal(shape)
