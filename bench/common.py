@@ -251,16 +251,16 @@ def forward_fn(model) -> Callable:
 
 
 def train_step_parts(model, variables, cfg):
-    """(step_fn(state, batch) -> (state, metrics), state, source) using the project's train step when it is
-    importable (beltcrack_jax.train.steps.make_train_step + the reference SGD), else a plain step built here
-    (model + detection_loss + optax.sgd with momentum)."""
+    """(step_fn(state, batch) -> (state, metrics), state, source): the project's train step
+    (beltcrack_jax.train.steps.make_train_step + the reference SGD, frozen leaves without gradient)."""
     import functools
 
-    import jax
     import jax.numpy as jnp
-    import optax
 
+    from beltcrack_jax.data.transforms import normalize
     from beltcrack_jax.losses import yolox_loss
+    from beltcrack_jax.train import optim, steps
+    from beltcrack_jax.train.state import create_train_state
 
     kw = dict(cfg.loss.to_dict()) if "loss" in cfg else {}
     if "strides" in kw:
@@ -268,41 +268,13 @@ def train_step_parts(model, variables, cfg):
     loss_fn = functools.partial(yolox_loss.detection_loss, num_classes=cfg.model.num_classes, **kw)
     params, stats_ = variables["params"], variables.get("batch_stats", {})
     compute_dtype = jnp.dtype(cfg.train.compute_dtype) if "train" in cfg else jnp.float32
-    try:
-        from beltcrack_jax.data.transforms import normalize
-    except ImportError:  # pragma: no cover
-        normalize = None
-    try:
-        from beltcrack_jax.train import optim, steps
-        from beltcrack_jax.train.state import create_train_state
-
-        labels = optim.param_labels(params, stats_)
-        tx = optim.sgd_reference(1e-3, labels, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov,
-                                 weight_decay=cfg.train.weight_decay)
-        step = steps.make_train_step(model, tx, loss_fn, compute_dtype=compute_dtype,
-                                     frozen=optim.frozen_mask(labels),
-                                     **({"normalize": normalize} if normalize else {}))
-        state = create_train_state({"params": params, "batch_stats": stats_}, tx)
-        return step, state, "beltcrack_jax.train.steps.make_train_step + optim.sgd_reference"
-    except ImportError:
-        pass
-
-    tx = optax.sgd(1e-3, momentum=0.937, nesterov=True)
-
-    def step(state, batch):
-        p, s, o = state
-
-        def loss(p):
-            x = normalize(batch["clips"]) if normalize else batch["clips"].astype(jnp.float32) / 255.0
-            raw, new = model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
-            total, _ = loss_fn(raw, batch["boxes"], batch["classes"], batch["mask"])
-            return total, new["batch_stats"]
-
-        (l, s2), g = jax.value_and_grad(loss, has_aux=True)(p)
-        u, o2 = tx.update(g, o, p)
-        return (optax.apply_updates(p, u), s2, o2), {"loss": l}
-
-    return step, (params, stats_, tx.init(params)), "bench-local step (detection_loss + optax.sgd)"
+    labels = optim.param_labels(params, stats_)
+    tx = optim.sgd_reference(1e-3, labels, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov,
+                             weight_decay=cfg.train.weight_decay)
+    step = steps.make_train_step(model, tx, loss_fn, compute_dtype=compute_dtype, frozen=optim.frozen_mask(labels),
+                                 normalize=normalize)
+    state = create_train_state({"params": params, "batch_stats": stats_}, tx)
+    return step, state, "beltcrack_jax.train.steps.make_train_step + optim.sgd_reference"
 
 
 # ------------------------------------------------------------------------------------------------ costs

@@ -197,8 +197,7 @@ def task_fwdbwd(args) -> dict[str, Any]:
 
 def task_stream(args) -> dict[str, Any]:
     """Per-new-frame latency with cached backbone features: `beltcrack_jax.predict.stream_step` (backbone of the
-    new frame + neck + head + decode + NMS, ring of T feature maps on the device) when predict is present, else
-    the same without post-processing built here from the model's parts."""
+    new frame + neck + head + decode + NMS, ring of T feature maps on the device)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -208,50 +207,21 @@ def task_stream(args) -> dict[str, Any]:
     variables = jax.device_put(variables)
     rng = np.random.default_rng(0)
     frames = [jnp.asarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)) for _ in range(4)]
-    try:
-        from beltcrack_jax import predict
-        from beltcrack_jax.data.transforms import normalize
+    from beltcrack_jax import predict
+    from beltcrack_jax.data.transforms import normalize
 
-        static = dict(model=model, input_hw=(args.size, args.size), max_detections=100, method="auto",
-                      normalize=normalize)
-        undo = jnp.asarray([[1.0, 1.0, 0.0, 0.0]], jnp.float32)
-        conf, nms = jnp.float32(0.05), jnp.float32(0.5)
-        t0 = time.perf_counter()
-        ring, out = predict.stream_first(variables, frames[0], undo, conf, nms, **static)
-        common.block(out)
-        first_s = time.perf_counter() - t0
+    static = dict(model=model, input_hw=(args.size, args.size), max_detections=100, method="auto",
+                  normalize=normalize)
+    undo = jnp.asarray([[1.0, 1.0, 0.0, 0.0]], jnp.float32)
+    conf, nms = jnp.float32(0.05), jnp.float32(0.5)
+    t0 = time.perf_counter()
+    ring, out = predict.stream_first(variables, frames[0], undo, conf, nms, **static)
+    common.block(out)
+    first_s = time.perf_counter() - t0
 
-        def step(ring, f):
-            return predict.stream_step(variables, ring, f, undo, conf, nms, **static)
-        source = "beltcrack_jax.predict.stream_step (backbone 1 frame + neck + head + decode + NMS)"
-    except ImportError:
-        from beltcrack_jax.models.backbone import YOLOPAFPN
-        from beltcrack_jax.models.head import YOLOXHead
-        from beltcrack_jax.models.neck import Neck
-
-        bb = YOLOPAFPN(model.depth, model.backbone_width, model.width, fast_ops=model.fast_ops)
-        neck = Neck(bb.out_channels, model.hsm, model.atm, model.wfm, model.rcu, model.fast_ops,
-                    swin_window_chunk=model.swin_window_chunk)
-        head = YOLOXHead(model.num_classes, model.width)
-
-        def sub(name):
-            return {k: variables[k][name] for k in ("params", "batch_stats") if name in variables.get(k, {})}
-
-        @jax.jit
-        def _step(ring, frame):
-            x = (frame.astype(jnp.float32) / 255.0)[None]
-            feat = bb.apply(sub("backbone"), x)[0]
-            ring = jnp.concatenate([ring[1:], feat[None]], 0)
-            return ring, head.apply(sub("head"), neck.apply(sub("neck"), ring[None]))
-
-        h = args.size // 8
-        ring = jnp.zeros((model.num_frames, h, h, bb.out_channels), jnp.float32)
-        t0 = time.perf_counter()
-        ring, out = _step(ring, frames[0])
-        common.block(out)
-        first_s = time.perf_counter() - t0
-        step = _step
-        source = "bench-local cached-backbone step (no post-processing)"
+    def step(ring, f):
+        return predict.stream_step(variables, ring, f, undo, conf, nms, **static)
+    source = "beltcrack_jax.predict.stream_step (backbone 1 frame + neck + head + decode + NMS)"
 
     holder = {"ring": ring, "i": 0}
 
