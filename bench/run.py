@@ -267,55 +267,39 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
+    def measure(task, label, size, batch, repeats, variant="default", overrides=None, worker_env=env):
+        """One worker run, appended to report[task] with its variant name."""
+        log(label)
+        extra = ["--size", str(size)] + (["--batch", str(batch)] if batch is not None else [])
+        extra += ["--repeats", str(repeats)] + (["--set", overrides] if overrides else [])
+        r = run_worker(task, base + extra, worker_env, args.timeout, log)
+        r["variant"] = variant
+        report.setdefault(task, []).append(r)
+
     if "ceiling" in tasks:
         log("ceiling: dense 3x3 conv")
         report["ceiling"] = run_worker("ceiling", ["--repeats", str(max(args.repeats, 5))], env, args.timeout, log)
     if "forward" in tasks:
-        report["forward"] = []
         for size in args.sizes:
             for b in args.batch:
-                log(f"forward {size} batch {b}")
-                r = run_worker("forward", base + ["--size", str(size), "--batch", str(b), "--repeats",
-                                                  str(args.repeats)], env, args.timeout, log)
-                r["variant"] = "default"
-                report["forward"].append(r)
+                measure("forward", f"forward {size} batch {b}", size, b, args.repeats)
     if "variants" in tasks:
         for v in args.variants:
-            log(f"forward {first} variant {v}")
-            r = run_worker("forward", base + ["--size", str(first), "--batch", str(args.batch[0]), "--repeats",
-                                              str(args.repeats), "--set", v], env, args.timeout, log)
-            r["variant"] = v
-            report.setdefault("forward", []).append(r)
+            measure("forward", f"forward {first} variant {v}", first, args.batch[0], args.repeats, v, v)
     if "malloc" in tasks and env:
-        log(f"forward {first} with the default allocator settings")
-        r = run_worker("forward", base + ["--size", str(first), "--repeats", str(args.repeats)], {}, args.timeout,
-                       log)
-        r["variant"] = "default, glibc malloc defaults"
-        report.setdefault("forward", []).append(r)
+        measure("forward", f"forward {first} with the default allocator settings", first, None, args.repeats,
+                "default, glibc malloc defaults", worker_env={})
     if "fwdbwd" in tasks:
-        report["fwdbwd"] = []
         for size in args.sizes:
-            log(f"fwd+bwd {size}")
-            r = run_worker("fwdbwd", base + ["--size", str(size), "--batch", str(args.batch[0]), "--repeats",
-                                             str(args.train_repeats)], env, args.timeout, log)
-            r["variant"] = "default"
-            report["fwdbwd"].append(r)
+            measure("fwdbwd", f"fwd+bwd {size}", size, args.batch[0], args.train_repeats)
     if "train" in tasks:
-        report["train"] = []
         for size in args.sizes:
             for b in args.batch:
-                log(f"train {size} batch {b}")
-                r = run_worker("train", base + ["--size", str(size), "--batch", str(b), "--repeats",
-                                                str(args.train_repeats)], env, args.timeout, log)
-                r["variant"] = "default"
-                report["train"].append(r)
+                measure("train", f"train {size} batch {b}", size, b, args.train_repeats)
     if "remat" in tasks:
         for pol in ("modules", "dots"):
-            log(f"train {first} remat={pol}")
-            r = run_worker("train", base + ["--size", str(first), "--batch", str(args.batch[0]), "--repeats",
-                                            str(args.train_repeats), "--set", f"remat={pol}"], env, args.timeout, log)
-            r["variant"] = f"remat={pol}"
-            report.setdefault("train", []).append(r)
+            measure("train", f"train {first} remat={pol}", first, args.batch[0], args.train_repeats,
+                    f"remat={pol}", f"remat={pol}")
     if "stream" in tasks:
         report["stream"] = []
         for size in args.sizes:

@@ -154,6 +154,21 @@ def task_train(args) -> dict[str, Any]:
             "memory": _memory(compiled)}
 
 
+def _reference_fwdbwd(model):
+    """(variables, clips) -> parameter gradients of mean(out²) with train-mode BN: the reference's timing."""
+    import jax
+    import jax.numpy as jnp
+
+    def fwdbwd(v, x):
+        def loss(p):
+            out, new = model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
+                                   mutable=["batch_stats"])
+            return jnp.mean(out ** 2), new["batch_stats"]
+        return jax.grad(loss, has_aux=True)(v["params"])
+
+    return fwdbwd
+
+
 def task_fwdbwd(args) -> dict[str, Any]:
     """The reference's "forward+backward" figure (spec §9): train-mode BN, loss = mean of the squared raw
     outputs, gradients of all parameters; no detection loss, no optimiser."""
@@ -165,29 +180,13 @@ def task_fwdbwd(args) -> dict[str, Any]:
     clips = jax.device_put(jnp.asarray(common.sample_clips(args.batch, model.num_frames, args.size)))
     variables = jax.device_put(variables)
 
-    def fwdbwd(v, x):
-        def loss(p):
-            out, new = model.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
-                                   mutable=["batch_stats"])
-            return jnp.mean(out ** 2), new["batch_stats"]
-        return jax.grad(loss, has_aux=True)(v["params"])
-
-    compiled, ctime = _compile(fwdbwd, variables, clips)
+    compiled, ctime = _compile(_reference_fwdbwd(model), variables, clips)
     t = _timed(lambda: compiled(variables, clips), args.warmup, args.repeats, args.min_time)
     plain = common.load_config(args.config, {k: v for k, v in {**ov, "fast_ops": False, "remat": "none"}.items()
                                              if k in _model_fields(args.config)})
     from beltcrack_jax.models import build_model
 
-    pm = build_model(plain)
-
-    def fwdbwd_plain(v, x):
-        def loss(p):
-            out, new = pm.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True,
-                                mutable=["batch_stats"])
-            return jnp.mean(out ** 2), new["batch_stats"]
-        return jax.grad(loss, has_aux=True)(v["params"])
-
-    flops = common.matmul_flops(fwdbwd_plain, variables, clips)
+    flops = common.matmul_flops(_reference_fwdbwd(build_model(plain)), variables, clips)
     med = t["wall"]["median"]
     return {"size": args.size, "batch": args.batch, "overrides": ov, "step": "fwd+bwd, loss = mean(out^2)",
             **ctime, **t, "clips_per_s": args.batch / med, "counted_gflop": flops / 1e9,
@@ -276,7 +275,7 @@ def task_modules(args) -> dict[str, Any]:
     from beltcrack_jax.models.atm import GAL, TARFusion
     from beltcrack_jax.models.backbone import YOLOPAFPN
     from beltcrack_jax.models.head import YOLOXHead
-    from beltcrack_jax.models.hsm import HSM, KeyValue, MemoryReader, NonLocalBlock
+    from beltcrack_jax.models.hsm import KeyValue, MemoryReader, NonLocalBlock
     from beltcrack_jax.models.layers import ConvSequence
     from beltcrack_jax.models.rcu import ResCBAM
     from beltcrack_jax.models.swin3d import SwinBlock3D
@@ -357,8 +356,6 @@ def task_trace(args) -> dict[str, Any]:
 def task_compile(args) -> dict[str, Any]:
     """Compile time of the forward in this process (run twice with the same --cache-dir: cold, then warm from
     JAX's persistent compilation cache)."""
-    import jax
-
     ov = common.parse_overrides(args.set)
     model, variables = common.model_and_variables(args.config, ov, args.size)
     clips = common.sample_clips(args.batch, model.num_frames, args.size)
