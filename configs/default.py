@@ -24,9 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.atm = True              # temporal branch: TARFusion + GAL -> F_T
     c.model.wfm = True              # frequency branch: WTConv per frame, conv_fre_new, 3-D Swin, conv_t
     c.model.rcu = 3                 # residual compensation units used (0..3); 3 = reference
+    c.model.swin_heads = 4          # 3-D Swin attention heads (reference 4; head dim = width*128 / heads)
     # Train-mode BN of the per-frame backbone: statistics per frame and 5 running-stat updates per step, as the
     # reference's 5 separate backbone calls do (parity). False = one set of statistics over all B*T frames.
     c.model.per_frame_bn_stats = True
+    # Initialisation (beltcrack_jax.models.initializers): 'reference' = PyTorch defaults + the reference's
+    # weights_init (convs N(0, 0.02), BN2d weight N(1, 0.02)); 'yolox' = YOLOX's from-scratch init (PyTorch
+    # default convs U(+-1/sqrt(fan_in))). prior_prob > 0: objectness/class biases start at that probability
+    # (YOLOX: 0.01); 0 = reference (no prior).
+    c.model.init = "reference"
+    c.model.prior_prob = 0.0
     # Speed switches (BENCHMARKS.md). fast_ops: the same math with ops XLA runs faster (depthwise convs as taps,
     # head-major Swin attention, erf GELU, cascaded SPP pools, einsum reductions); False = the plain port. Both
     # pass the golden tests; they differ by float rounding only (tests/test_fast_paths.py).
@@ -111,6 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.lr.warmup_lr_ratio = 0.1
     c.train.lr.no_aug_epochs = 5
     c.train.lr.unit = "epoch"
+    c.train.optimizer = "sgd"        # reference; "adamw" = AdamW over the same groups (decay on pg1 only)
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.999
     c.train.momentum = 0.937         # SGD, PyTorch form, nesterov
     c.train.nesterov = True
     c.train.weight_decay = 5e-4      # conv / linear / LayerNorm / BN1d weights only (spec section 6 groups)
@@ -118,7 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.ema.decay = 0.9999       # d = decay x (1 - exp(-updates / tau)), params and BN statistics
     c.train.ema.tau = 2000.0
     c.train.train_frozen = False     # True: also train nolocal.gamma and the Swin bias tables (reference: frozen)
-    c.train.init_from = ""           # optional .npz of PyTorch-named weights (converted YOLOX-S), name+shape match
+    # Weights to start from (name + shape match, the rest keeps its init): the folder `python -m
+    # beltcrack_jax.convert [--yolox-s] --output X` writes, or an .npz/.pth state dict with PyTorch names.
+    c.train.init_from = ""
     c.train.log_every_steps = 50
     c.train.progress_bar = True
     c.train.checkpoint_every_epochs = 5   # reference saves every 5 epochs (+ last)

@@ -11,7 +11,7 @@ from beltcrack_jax.models.detector import BeltCrackDet
 
 MODEL_FIELDS = ("num_frames", "num_classes", "depth", "backbone_width", "width", "hsm", "atm", "wfm", "rcu",
                 "per_frame_bn_stats", "fast_ops", "fold_bn", "compute_dtype", "remat", "swin_window_chunk",
-                "backbone_per_frame")
+                "backbone_per_frame", "swin_heads")
 
 
 _MISSING = object()

@@ -52,6 +52,9 @@ class BeltCrackDet(nn.Module):
     # BN statistics) the running statistics are then updated once per call, in frame order, as the reference's
     # T backbone calls do. Ignored with per_frame_bn_stats=False in training (one set of statistics over B*T).
     backbone_per_frame: bool = False
+    # Attention heads of the 3-D Swin block (reference 4, head dim 32). Its (windows, heads, 384, 384) scores do
+    # not shrink with `width`, so a narrow model spends most of its step there; width-1/8 configs may use 1.
+    swin_heads: int = 4
 
     def check_input(self, clips) -> None:
         """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
@@ -110,7 +113,8 @@ class BeltCrackDet(nn.Module):
             feats = p3.reshape((b, t) + p3.shape[1:])
             self.sow("intermediates", "backbone_feats", feats)
             neck = wrap(Neck, remat=False)(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
-                                           self.remat, self.swin_window_chunk, name="neck")
+                                           self.remat, self.swin_window_chunk, swin_heads=self.swin_heads,
+                                           name="neck")
             fused = neck(feats, train)
         else:
             fused = p3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import flax.struct
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from beltcrack_jax.models.initializers import apply_init
 from beltcrack_jax.convert import flatten, torch_key, torch_to_flax_array, unflatten
 
 
@@ -33,10 +35,15 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def init_variables(model, rng: jax.Array, sample_clips: jax.Array) -> dict[str, Any]:
-    variables = dict(model.init(rng, sample_clips, train=False))
+def init_variables(model, rng: jax.Array, sample_clips: jax.Array, scheme: str = "reference",
+                   prior_prob: float = 0.0) -> dict[str, Any]:
+    """`model.init` followed by the initialisation scheme (`models.initializers.apply_init`: 'reference' = how
+    the reference run starts, 'yolox' = YOLOX's from-scratch init) and the optional head prior bias."""
+    init_key, scheme_key = jax.random.split(rng)
+    variables = dict(model.init(init_key, sample_clips, train=False))
     variables.setdefault("batch_stats", {})
-    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    return apply_init(variables, scheme, scheme_key, prior_prob=prior_prob)
 
 
 def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
@@ -48,23 +55,55 @@ def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformati
 
 
 def load_pretrained(variables: dict[str, Any], path: str, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Overwrites every leaf whose reference name AND shape match an entry of the npz state dict at `path`
-    (PyTorch names, e.g. converted YOLOX-S weights), as the reference's partial `load_state_dict` does.
-    Other leaves keep their initial values. Raises ValueError if nothing matches."""
-    sd = np.load(path)
-    out, loaded, skipped = {}, 0, 0
+    """`train.init_from`: overwrites every leaf of `variables` whose name AND shape match the source, as the
+    reference's partial `load_state_dict` of the YOLOX-S weights does; every other leaf keeps its initial value.
+
+    `path` is either what `python -m beltcrack_jax.convert` writes (an orbax folder of Flax variables: the whole
+    model from a reference state dict, or only the imported tensors with `--yolox-s`), or a state-dict file
+    (.npz of PyTorch name -> array, or .pth with torch installed). Logs a report (loaded / shape mismatch /
+    kept / source-only, with names); raises ValueError if nothing matches.
+    """
+    from beltcrack_jax.convert import ImportReport, load_variables, read_state_dict
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"train.init_from={path!r} does not exist (expected a folder written by "
+                                f"`python -m beltcrack_jax.convert` or an .npz/.pth state dict)")
+    if os.path.isdir(path):   # Flax variables (orbax), matched by Flax path
+        source = {(c, *p): np.asarray(v) for (c, *p), v in flatten(load_variables(path)).items()}
+        names = {torch_key(c, tuple(p)) for (c, *p) in source}
+
+        def get(c, p, shape):
+            return source.get((c, *p))
+    else:                     # PyTorch-named state dict
+        sd = read_state_dict(path)
+        names = set(sd)
+
+        def get(c, p, shape):
+            key = torch_key(c, tuple(p))
+            if key not in sd:
+                return None
+            try:
+                return torch_to_flax_array(c, p[-1], sd[key], shape)
+            except ValueError:
+                return sd[key]   # wrong shape: reported below
+    out, loaded, mismatch, kept, seen = {}, [], [], [], set()
     for (collection, *p), v in flatten(variables).items():
         key = torch_key(collection, tuple(p))
-        new = v
-        if key in sd.files:
-            try:
-                new = jnp.asarray(torch_to_flax_array(collection, p[-1], sd[key], np.shape(v)), dtype=v.dtype)
-                loaded += 1
-            except ValueError:
-                skipped += 1
-        out[(collection, *p)] = new
-    if loaded == 0:
-        raise ValueError(f"init_from={path!r}: no entry matches a model variable by name and shape")
-    log(f"init_from {path}: loaded {loaded} tensors, {skipped} name matches with other shapes skipped, "
-        f"{len(out) - loaded - skipped} variables keep their initial values")
+        src = get(collection, p, np.shape(v))
+        out[(collection, *p)] = v
+        if src is None:
+            kept.append(key)
+            continue
+        seen.add(key)
+        if tuple(np.shape(src)) != tuple(np.shape(v)):
+            mismatch.append(f"{key}: {tuple(np.shape(src))} in the source vs {tuple(np.shape(v))} in the model")
+            continue
+        out[(collection, *p)] = jnp.asarray(src, dtype=v.dtype)
+        loaded.append(key)
+    source_only = sorted(k for k in names if k not in seen and not k.endswith("num_batches_tracked"))
+    report = ImportReport(sorted(loaded), sorted(mismatch), source_only, sorted(kept))
+    if not loaded:
+        raise ValueError(f"train.init_from={path!r}: no entry matches a model variable by name and shape\n"
+                         + report.summary())
+    log(f"init_from {path}: " + report.summary())
     return unflatten(out)
