@@ -154,7 +154,7 @@ def read_state_dict(path_or_mapping: Any) -> dict[str, np.ndarray]:
                 raise ImportError(f"reading the PyTorch checkpoint {path!r} needs torch, which is not installed "
                                   "(`pip install torch`, CPU build is enough) — or convert it to an .npz of "
                                   "name -> array first") from e
-            raw = torch.load(path, map_location="cpu", weights_only=False)
+            raw = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
         else:
             raise ValueError(f"unknown state-dict file type {path!r}: expected .npz or .pth/.pt")
     for nest in _NESTING_KEYS:
@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m beltcrack_jax.convert",
         description="PyTorch BeltCrackDet state dict (or a COCO YOLOX-S checkpoint) -> orbax checkpoint of "
-                    "{'params', 'batch_stats'} that training and evaluation restore (convert.load_variables).")
+                    "{'params', 'batch_stats'} that training starts from (--config.train.init_from=OUTPUT) and "
+                    "evaluation restores (convert.load_variables). With --yolox-s only the imported tensors are "
+                    "written.")
     parser.add_argument("--input", required=True, help="state dict: .npz (name -> array) or .pth (needs torch)")
     parser.add_argument("--output", required=True, help="checkpoint directory to write")
     parser.add_argument("--config", default=None, help="config file (default configs/default.py); path[:arg]")
@@ -403,11 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         variables = jax.jit(model.init)(jax.random.key(seed), clips)
         variables, report = load_yolox_s(args.input, variables)
         print(report.summary())
+        # Only the imported tensors are written: `train.init_from` overlays them on the run's own init.
+        imported = set(report.loaded)
+        flat = {k: v for k, v in flatten(variables).items() if torch_key(k[0], tuple(k[1:])) in imported}
+        variables = {"params": {}, "batch_stats": {}, **unflatten(flat)}
     else:
         variables = load_reference_state_dict(args.input, config)
     path = save_variables(args.output, variables, force=args.force)
     n = sum(int(np.size(v)) for v in flatten(dict(variables["params"])).values())
-    print(f"wrote {path} ({n:,} parameters)")
+    print(f"wrote {path} ({n:,} parameters); train from it with --config.train.init_from={path}")
     return 0
 
 
