@@ -1,6 +1,7 @@
 """Evaluate a trained BeltCrackDet checkpoint on a split (metrics.json, PR curve, detection grid, table).
 
     python evaluate.py --config configs/default.py --workdir W [--profile paper|paper-stated|callback|deployment]
+    python evaluate.py --config configs/default.py --workdir W --step best      # the best-on-validation weights
     python evaluate.py --config configs/default.py --checkpoint W/checkpoints/12000 [--raw_weights]
 
 EMA weights by default (the reference evaluates its EMA model). Every threshold the profile uses is printed.
@@ -12,7 +13,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir: its latest checkpoint is evaluated.")
 flags.DEFINE_string("checkpoint", None, "A checkpoint folder (workdir, checkpoints/<step> or its state/).")
-flags.DEFINE_integer("step", None, "Checkpoint step under --workdir (default: latest).")
+flags.DEFINE_string("step", None, "Checkpoint under --workdir: a step number, 'latest' (default) or 'best' (the "
+                    "best validation mAP50 the train loop kept in <workdir>/best).")
 flags.DEFINE_bool("raw_weights", False, "Evaluate the raw (non-EMA) weights.")
 flags.DEFINE_string("profile", None, "Metric profile (default: config.eval.profile).")
 flags.DEFINE_string("split", None, "Split (default: config.eval.split or config.data.test_split).")

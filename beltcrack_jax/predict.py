@@ -182,7 +182,7 @@ def split_model(model) -> tuple[Callable, Callable]:
     def neck_head_fn(variables, feats):
         if multi:
             neck = Neck(backbone.out_channels, model.hsm, model.atm, model.wfm, model.rcu, fast_ops=model.fast_ops,
-                        swin_window_chunk=model.swin_window_chunk)
+                        swin_window_chunk=model.swin_window_chunk, swin_heads=model.swin_heads)
             fused = neck.apply(sub(variables, "neck"), feats, train=False)
         else:
             fused = feats[:, -1]

@@ -153,9 +153,16 @@ def test_one_vs_four_devices(tmp_path):
     check_logs(tmp_path / "d4", steps=3)
 
 
+def tensorboard_scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} read back with the tensorboard package's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def check_logs(work, steps):
     """stdout/JSONL/TensorBoard logging of a run with log_every_steps=1."""
-    from beltcrack_jax.train.metric_writer import read_events
     rows = read_jsonl(work)
     train_rows = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, steps + 1))
@@ -165,10 +172,9 @@ def check_logs(work, steps):
     assert any("compile_time_s" in r for r in rows)
     # lr of step 1 = the schedule's value at epoch 0 (warm-up start 0.1 x lr_max, lr_max = 0.5 x 4/64)
     assert train_rows[0]["train/lr"] == pytest.approx(0.1 * 0.5 * 4 / 64, rel=1e-6)
-    ev = read_events(next((work / "tb").iterdir()))
-    assert ev[0].get("file_version") == "brain.Event:2"
-    tb_loss = [e["scalars"]["train/loss"] for e in ev if "train/loss" in e["scalars"]]
-    np.testing.assert_allclose(tb_loss, [r["train/loss"] for r in train_rows], rtol=1e-6)
+    tb = tensorboard_scalars(work / "tb")
+    assert [s for s, _ in tb["train/loss"]] == [r["step"] for r in train_rows]
+    np.testing.assert_allclose([v for _, v in tb["train/loss"]], [r["train/loss"] for r in train_rows], rtol=1e-6)
     assert json.load(open(work / "config.json"))["train"]["batch_size"] == 4
 
 
@@ -333,7 +339,7 @@ def test_real_tiny_model_one_vs_four_devices(tmp_path):
     l1 = [r["train/loss"] for r in read_jsonl(tmp_path / "a") if "train/loss" in r]
     l4 = [r["train/loss"] for r in read_jsonl(tmp_path / "b") if "train/loss" in r]
     print("losses 1 device", l1, "4 devices", l4)
-    np.testing.assert_allclose(l1, l4, rtol=1e-5)
+    np.testing.assert_allclose(l1, l4, rtol=5e-5)   # measured 1.7e-5 at step 2 (reduction order, see below)
     # Element-wise equality is too strict for the real network: global-batch BN statistics are reduced in another
     # order on 4 devices and a few channels with near-zero batch variance (random init, 64 px) amplify that to
     # ~1e-4 relative. Require the whole trees to agree to 1e-4 relative (measured: params 3.9e-5, BN stats 3.6e-7).
@@ -343,3 +349,66 @@ def test_real_tiny_model_one_vs_four_devices(tmp_path):
         rel = np.linalg.norm(fa - fb) / np.linalg.norm(fa)
         print(name, "relative difference 1 vs 4 devices", rel)
         assert rel < 1e-4, (name, rel)
+
+
+def test_validation_selects_best_checkpoint_and_draws_curves(tmp_path):
+    """Periodic evaluation runs on data.val_split, the best val mAP50 is kept in <workdir>/best next to the latest
+    checkpoints (evaluate.py --step best), and the learning-curve PNG is rebuilt from metrics.jsonl, also after a
+    resume."""
+    from beltcrack_jax.eval.evaluator import resolve_checkpoint
+    from beltcrack_jax.train import curves
+
+    val_map = {2: 0.2, 4: 0.5, 6: 0.3, 8: 0.1}
+    seen = []
+
+    def hook(state, step):
+        seen.append((step, int(state.step)))
+        return {"map50": val_map[step], "recall": 0.5}
+
+    work = tmp_path / "w"
+    cfg = small_config(steps=6)
+    cfg.train.eval_every_steps = 2
+    run(cfg, work, eval_hook=hook)
+    assert seen == [(2, 2), (4, 4), (6, 6)]
+    best = json.load(open(work / "best" / "best.json"))
+    assert best == {"step": 4, "metric": "map50", "value": 0.5, "split": "val"}
+    assert sorted(os.listdir(work / "best")) == ["4", "best.json"]          # only the best is kept there
+    state_dir, _ = resolve_checkpoint(str(work), step="best")
+    assert state_dir == str(work / "best" / "4" / "state")
+    import orbax.checkpoint as ocp
+    kept = ocp.StandardCheckpointer().restore(state_dir)        # what load_variables reads (no optimiser state)
+    assert int(kept["step"]) == 4 and set(kept) == {"step", "params", "batch_stats", "ema_params", "ema_batch_stats"}
+    latest, _ = resolve_checkpoint(str(work), step="latest")
+    assert latest.endswith("checkpoints/6/state")
+    with pytest.raises(ValueError, match="'latest' or 'best'"):
+        resolve_checkpoint(str(work), step="newest")
+    (tmp_path / "no_eval").mkdir()
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        resolve_checkpoint(str(tmp_path / "no_eval"), step="best")
+
+    rows = read_jsonl(work)
+    assert [r["step"] for r in rows if "val/map50" in r] == [2, 4, 6]
+    tb = tensorboard_scalars(work / "tb")
+    assert [v for _, v in tb["val/map50"]] == pytest.approx([0.2, 0.5, 0.3])
+    png = work / curves.CURVES_PNG
+    assert png.stat().st_size > 5000
+    mtime = png.stat().st_mtime
+
+    cfg.train.num_train_steps = 8                     # resume (run control): two more steps, one more evaluation
+    run(cfg, work, eval_hook=hook)
+    assert json.load(open(work / "best" / "best.json"))["step"] == 4          # 0.1 at step 8 is no better
+    assert png.stat().st_mtime > mtime
+    hist = curves.read_metrics(str(work / "metrics.jsonl"))
+    assert [s for s, _ in hist["val/map50"]] == [2, 4, 6, 8]                 # history before the resume kept
+    assert [s for s, _ in hist["train/loss"]] == list(range(1, 9))
+
+
+def test_learning_curves_dedupe_and_skip_torn_rows(tmp_path):
+    from beltcrack_jax.train import curves
+    lines = [{"step": 1, "train/loss": 3.0}, {"step": 2, "train/loss": 2.0}, {"step": 2, "train/loss": 1.5},
+             {"step": 2, "val/map50": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + '\n{"step": 3, "tra')
+    m = curves.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert m["train/loss"] == [(1, 3.0), (2, 1.5)] and m["val/map50"] == [(2, 0.4)]
+    assert curves.plot_learning_curves(str(tmp_path)).endswith(curves.CURVES_PNG)
+    assert curves.plot_learning_curves(str(tmp_path / "empty")) is None

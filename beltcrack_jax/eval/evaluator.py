@@ -119,14 +119,33 @@ def check_variables(variables: dict, expected: dict, what: str) -> None:
 
 
 def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None,
-                       step: int | None = None) -> tuple[str, str | None]:
+                       step: int | str | None = None) -> tuple[str, str | None]:
     """-> (state item folder, step folder or None). `checkpoint` may be a workdir, its `checkpoints/` folder,
-    a step folder (`checkpoints/<step>`) or the `state` item folder itself."""
+    a step folder (`checkpoints/<step>`) or the `state` item folder itself. `step`: a number, 'latest' (None)
+    or 'best' (the best-on-validation checkpoint the train loop keeps in `<workdir>/best`)."""
     if (workdir is None) == (checkpoint is None):
         raise ValueError("give exactly one of workdir / checkpoint")
     path = os.path.abspath(workdir or checkpoint)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if isinstance(step, str):
+        if step == "best":
+            info_path = os.path.join(path, "best", "best.json")
+            if not os.path.isfile(info_path):
+                raise FileNotFoundError(f"no best checkpoint in {path} ({info_path} is missing: the train loop "
+                                        "keeps one only when its periodic evaluation runs, train.eval_every_*)")
+            with open(info_path) as f:
+                best = int(json.load(f)["step"])
+            state = os.path.join(path, "best", str(best), "state")
+            if not os.path.isdir(state):
+                raise FileNotFoundError(f"{info_path} names step {best}, but {state} does not exist")
+            return state, os.path.dirname(state)
+        if step == "latest":
+            step = None
+        elif step.isdigit():
+            step = int(step)
+        else:
+            raise ValueError(f"step must be a number, 'latest' or 'best', got {step!r}")
     if os.path.isfile(os.path.join(path, "_METADATA")) or os.path.isfile(os.path.join(path, "manifest.ocdbt")):
         parent = os.path.dirname(path)
         return path, parent if os.path.basename(path) == "state" else None
@@ -475,8 +494,9 @@ def select_vis(pool: list[dict], gt: dict, n: int) -> list[dict]:
 
 
 def make_eval_hook(config, model, mesh) -> Callable[[Any, int], dict]:
-    """The periodic evaluation the train loop calls as hook(state, step) -> scalars."""
-    return Evaluator(config, model=model, mesh=mesh)
+    """The periodic evaluation the train loop calls as hook(state, step) -> scalars, on the validation split
+    (`config.data.val_split`: model selection never looks at the test split)."""
+    return Evaluator(config, model=model, mesh=mesh, split=config.data.val_split, log=lambda s: None)
 
 
 # ------------------------------------------------------------------------------------------------ reports

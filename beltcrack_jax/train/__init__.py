@@ -7,6 +7,6 @@
     sharding       make_mesh (('data',), Auto), data/replicated shardings, global_batch (host -> global arrays)
     steps          make_train_step (grad accumulation, bf16 compute, non-finite guard), make_eval_loss_step
     checkpoint     Checkpointer (orbax: state + grain iterator + config JSON; refuses a workdir of another config)
-    metric_writer  MetricWriter (stdout + JSONL + TensorBoard events, no TensorFlow), ProgressBar, read_events
+    metric_writer  MetricWriter (stdout + JSONL + TensorBoard via tensorboardX), ProgressBar
     loop           train_and_evaluate(config, workdir), TrainData, NonFiniteLossError, maybe_initialize_distributed
 """

@@ -126,3 +126,47 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class BestCheckpointer:
+    """The weights with the best validation metric so far, next to the latest checkpoints:
+    `<workdir>/best/<step>/state` (step, params, batch_stats, EMA copies; no optimiser) and
+    `<workdir>/best/best.json` ({step, metric, value, split}). Saved synchronously, then the JSON is replaced
+    atomically, so the JSON always names a complete checkpoint. `evaluate.py --step best` reads it."""
+
+    def __init__(self, workdir: str, metric: str = "map50", split: str = "val"):
+        self.dir = os.path.join(os.path.abspath(workdir), "best")
+        self.metric, self.split = metric, split
+        self.manager = ocp.CheckpointManager(
+            self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                                           enable_async_checkpointing=False),
+            item_names=("state",))
+
+    def best(self) -> dict | None:
+        """{step, metric, value, split} of the kept checkpoint, or None."""
+        path = os.path.join(self.dir, "best.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            info = json.load(f)
+        return info if info.get("step") in (self.manager.all_steps() or []) else None
+
+    def update(self, step: int, value: float, state) -> bool:
+        """Saves `state` as the best if `value` beats the kept one (ties keep the earlier); returns whether."""
+        cur = self.best()
+        if cur is not None and not value > cur["value"]:
+            return False
+        weights = {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+                   "ema_params": state.ema_params, "ema_batch_stats": state.ema_batch_stats}
+        self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(weights)), force=True)
+        self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            path = os.path.join(self.dir, "best.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump({"step": int(step), "metric": self.metric, "value": float(value), "split": self.split}, f)
+            os.replace(path + ".tmp", path)
+        jax.experimental.multihost_utils.sync_global_devices("beltcrack_best_checkpoint")
+        return True
+
+    def close(self) -> None:
+        self.manager.close()

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from beltcrack_jax.train import optim, sharding
-from beltcrack_jax.train.checkpoint import Checkpointer
+from beltcrack_jax.train import curves
+from beltcrack_jax.train.checkpoint import BestCheckpointer, Checkpointer
 from beltcrack_jax.train.metric_writer import MetricWriter, ProgressBar
 from beltcrack_jax.train.state import TrainState, create_train_state, init_variables, load_pretrained
 from beltcrack_jax.train.steps import BATCH_KEYS, make_train_step
@@ -204,7 +205,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
     # Parameter init runs on one local device with the 'rbg' PRNG (XLA RngBitGenerator): the same values in
     # every process and for every mesh; threefry initialisers take minutes to compile on CPU for the full model.
     rng = jax.random.key(config.seed, impl="rbg")
-    init_fn = jax.jit(lambda k, clips: init_variables(model, k, normalize(clips)))
+    init_fn = jax.jit(lambda k, clips: init_variables(model, k, normalize(clips), config.model.init,
+                                                      config.model.prior_prob))
     variables = jax.device_get(init_fn(rng, sample["clips"][:1]))
     if tc.init_from:
         variables = load_pretrained(variables, tc.init_from, log)
@@ -214,8 +216,13 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
     log("param groups (tensors, values): " + ", ".join(f"{g} {n}" for g, n in groups.items())
         + f"; weight decay {tc.weight_decay} on pg1; momentum {tc.momentum} nesterov {tc.nesterov}")
     schedule = optim.make_schedule(tc.lr, tc.batch_size, spe, tc.epochs, log=log)
-    tx = optim.sgd_reference(schedule, labels, momentum=tc.momentum, nesterov=tc.nesterov,
-                             weight_decay=tc.weight_decay)
+    if tc.optimizer == "sgd":
+        tx = optim.sgd_reference(schedule, labels, momentum=tc.momentum, nesterov=tc.nesterov,
+                                 weight_decay=tc.weight_decay)
+    elif tc.optimizer == "adamw":
+        tx = optim.adamw_grouped(schedule, labels, b1=tc.adam_b1, b2=tc.adam_b2, weight_decay=tc.weight_decay)
+    else:
+        raise ValueError(f"train.optimizer must be 'sgd' (reference) or 'adamw', got {tc.optimizer!r}")
     state = jax.jit(lambda v: create_train_state(v, tx), out_shardings=repl)(variables)
     del variables
 
@@ -247,6 +254,13 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
     eval_every = tc.eval_every_steps if tc.eval_every_steps > 0 else tc.eval_every_epochs * spe
     if eval_hook is None and eval_every > 0:
         eval_hook = build_eval_hook(config, model, mesh)
+    # Model selection on the validation split: the best val mAP50 is kept next to the latest checkpoints.
+    best_ckpt = None
+    if eval_hook is not None and eval_every > 0:
+        best_ckpt = BestCheckpointer(workdir, "map50", split=config.data.val_split)
+        kept = best_ckpt.best()
+        log(f"periodic evaluation every {eval_every} steps on split {config.data.val_split!r}; best checkpoint: "
+            + (f"step {kept['step']} (val mAP50 {kept['value']:.4f})" if kept else "none yet"))
 
     # ---- loop -------------------------------------------------------------------------------------------------
     bar = ProgressBar(total_steps, start, enabled=is_main and tc.progress_bar)
@@ -296,12 +310,20 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
             if eval_hook is not None and eval_every > 0 and (step % eval_every == 0 or is_last):
                 te = time.perf_counter()
                 res = dict(eval_hook(state, step) or {})
+                if best_ckpt is not None and "map50" in res and best_ckpt.update(step, res["map50"], state):
+                    log(f"step {step}: best val mAP50 so far ({res['map50']:.4f}), saved to {best_ckpt.dir}")
                 res["time_s"] = time.perf_counter() - te
-                writer.write_scalars(step, res, prefix="eval/")
+                writer.write_scalars(step, res, prefix="val/")
+                if is_main:
+                    curves.plot_learning_curves(workdir)
                 interval.t0 += time.perf_counter() - te  # evaluation time is not training time
     finally:
         ckpt.close()
+        if best_ckpt is not None:
+            best_ckpt.close()
         writer.close()
+        if is_main:
+            curves.plot_learning_curves(workdir)
     return state
 
 

@@ -180,6 +180,20 @@ def sgd_reference(learning_rate, labels: Mapping[str, Any], *, momentum: float =
     return optax.chain(tx, optax.scale_by_learning_rate(learning_rate))
 
 
+def adamw_grouped(learning_rate, labels: Mapping[str, Any], *, b1: float = 0.9, b2: float = 0.999,
+                  weight_decay: float = 0.05) -> optax.GradientTransformation:
+    """AdamW over the same parameter groups (a departure from the reference, `train.optimizer='adamw'`):
+    decoupled weight decay on pg1 only, none on BatchNorm weights (pg0) and biases (pg2), frozen leaves fixed.
+    Adam's per-leaf normalisation makes the step size independent of the gradient scale, which differs by
+    orders of magnitude between the backbone and the neck branches of a from-scratch model (EXPERIMENTS.md)."""
+    adam = optax.scale_by_adam(b1=b1, b2=b2)
+    tx = optax.multi_transform(
+        {"pg0": adam, "pg1": optax.chain(adam, optax.add_decayed_weights(weight_decay)), "pg2": adam,
+         "frozen": optax.set_to_zero()},
+        labels)
+    return optax.chain(tx, optax.scale_by_learning_rate(learning_rate))
+
+
 def momentum_buffers(opt_state) -> dict[str, Any]:
     """{group: momentum-buffer tree} of an `sgd_reference` state (for tests and inspection)."""
     inner = opt_state[0].inner_states
