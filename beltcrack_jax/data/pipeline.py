@@ -147,11 +147,17 @@ def open_source(name: str, split: str, data_dir: str | None, *, prepare: bool = 
     import tensorflow_datasets as tfds
 
     import beltcrack_jax.data  # noqa: F401  (registers the builder)
+    from beltcrack_jax.data.tfds_beltcrack.beltcrack_dataset_builder import seeded_config
 
     if any(c in split for c in "[]+"):
         raise ValueError(f"split must be a plain split name (clips need whole sequences), got {split!r}")
+    kwargs = {}
+    builder_name, _, config_name = name.partition("/")
+    seeded = seeded_config(config_name) if builder_name == "beltcrack" else None
+    if seeded is not None:   # synthetic_<preset>_seed<N>: built from a config object (not a registered name)
+        name, kwargs = builder_name, {"builder_kwargs": {"config": seeded}}
     src = tfds.data_source(name, split=split, data_dir=data_dir, download=prepare,
-                           decoders={"image": tfds.decode.SkipDecoding()})
+                           decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
     index = split_index_from_metadata(src.dataset_info.metadata, split)
     if len(src) != index.num_records:
         raise ValueError(f"{name}/{split}: {len(src)} records but the metadata indexes {index.num_records}")

@@ -1,4 +1,5 @@
-"""Per-frame image effects, each drawn independently per frame: rain streaks, snow specks, sensor noise, JPEG."""
+"""Per-frame image effects, each drawn independently per frame: rain streaks, snow specks, transient veils (dust /
+steam / glare), sensor noise, JPEG."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def snow(rng: np.random.Generator, h: int, w: int, intensity: float) -> np.ndarr
         cv2.ellipse(layer, (int(x[i] * 16), int(y[i] * 16)), axes,
                     80.0, 0, 360, int(val[i]), -1, cv2.LINE_AA, 4)
     return cv2.GaussianBlur(layer, (0, 0), max(0.5, w / 1800)).astype(np.float32) / 255
+
+
+def transient_veil(rng: np.random.Generator, h: int, w: int, strength: float) -> np.ndarray:
+    """(H, W) opacity in 0..strength of a transient veil (a puff of dust or steam, a glare flash) over a random
+    part of one frame: a few smooth blobs covering roughly a third to two thirds of the frame. The veil hides the
+    belt texture and any crack under it in that frame only; neighbouring frames are clear."""
+    gh, gw = max(2, h // 24), max(2, w // 24)
+    field = cv2.resize(rng.standard_normal((gh, gw)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    field = cv2.GaussianBlur(field, (0, 0), max(1.0, min(h, w) / 12))
+    thr = np.quantile(field, rng.uniform(0.35, 0.65))
+    alpha = np.clip((field - thr) / (field.std() * 0.6 + 1e-6), 0.0, 1.0)
+    return (alpha * np.float32(strength)).astype(np.float32)
 
 
 class SensorNoise:

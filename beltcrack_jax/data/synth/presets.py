@@ -63,6 +63,11 @@ class Preset:
     min_visible_px: float = 12.0  # crack pixels (native) that must stay visible for a box
     min_visible_floor: int = 3  # ... but never fewer than this many output pixels
     min_darkening: float = 0.18  # a crack pixel is visible where it darkens the belt by at least this fraction
+    # Transient veils (dust puffs, steam, glare flashes): with probability p_veil a frame gets one, of opacity drawn
+    # from veil_strength, hiding what lies under it in that frame only. The boxes stay those of the clear frame (the
+    # crack is there; its neighbours show it), so the key frame alone can be ambiguous while the clip is not.
+    p_veil: float = 0.0
+    veil_strength: tuple[float, float] = (0.6, 0.95)
 
     def with_scale(self, scale: float) -> "Preset":
         if not scale > 0:
@@ -91,6 +96,16 @@ PRESETS: dict[str, Preset] = {
         speed=(2.0, 5.0), cracks_per_frame=1.5, zone_cracks=1.3, crack_length=(50.0, 160.0), crack_width=(3.5, 6.0),
         crack_depth=(0.85, 0.95), crack_soft=0.3, zone_spread=0.4, p_clean_stretch=0.35, far_ratio=(0.7, 0.9),
         distractors=0.6, spill=0.4, jpeg_quality=(85, 95), min_visible_px=40.0,
+    ),
+    "ambiguous": Preset(
+        # The demo belts, where the key frame alone is often not enough: transient veils over part of ~half the
+        # frames, fainter and thinner cracks, more spill. Clips of 5 frames usually show each crack clearly in
+        # some frame (the belt carries it through the view); used to measure what the temporal branches earn.
+        name="ambiguous", width=256, height=144, num_sequences=90, frames=(12, 16), splits=_SPLIT_622,
+        speed=(3.0, 7.0), cracks_per_frame=1.5, zone_cracks=1.3, crack_length=(50.0, 160.0), crack_width=(2.5, 4.5),
+        crack_depth=(0.55, 0.8), crack_soft=0.3, zone_spread=0.4, p_clean_stretch=0.3, far_ratio=(0.7, 0.9),
+        distractors=0.8, spill=0.8, p_occlude=0.35, jpeg_quality=(80, 92), min_visible_px=40.0,
+        p_veil=0.5, veil_strength=(0.7, 0.97),
     ),
     "14ks-like": Preset(
         name="14ks-like", width=1920, height=1080, num_sequences=29, frames=(300, 680), splits=_SPLIT_622,

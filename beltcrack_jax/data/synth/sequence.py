@@ -211,6 +211,10 @@ class Sequence:
             out += 255.0 * effects.rain(frng, h, w, self.rain_level)[..., None] * 0.8
         elif self.weather == "snow":
             out += 255.0 * effects.snow(frng, h, w, self.snow_level)[..., None] * np.float32([0.95, 0.97, 1.0])
+        if self.preset.p_veil > 0 and frng.random() < self.preset.p_veil:   # after the boxes' visibility test
+            alpha = effects.transient_veil(frng, h, w, frng.uniform(*self.preset.veil_strength))[..., None]
+            veil = cv2.GaussianBlur(out, (0, 0), max(2.0, min(h, w) / 10)) * np.float32(frng.uniform(0.9, 1.4))
+            out = out * (1 - alpha) + veil * alpha
         out = self.noise(frng, out)
         rgb = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         boxes, pix, ids = _boxes(lab, self.min_px)

@@ -3,7 +3,8 @@
 Configs:
   beltcrack14ks, beltcrack9kd      the user's extracted download (TFDS manual_dir, see MANUAL_DOWNLOAD_INSTRUCTIONS)
   synthetic_tiny, synthetic_demo,  generated on the fly by `beltcrack_jax.data.synthetic.generate(preset, ...)`
-  synthetic_14ks_like, synthetic_9kd_like
+  synthetic_ambiguous, synthetic_14ks_like, synthetic_9kd_like
+  synthetic_<preset>_seed<N>       the same presets generated with seed N (`seeded_config`; the registered ones use 0)
 
 Records of a split are ordered by (sequence, frame) and each sequence's frames are contiguous, so the clip of
 record i is `[max(i - k, sequence_start[i]) for k = T-1..0]` (index arithmetic, no frame stored twice). Fields:
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 
 import numpy as np
@@ -37,8 +39,19 @@ from tensorflow_datasets.core import utils as tfds_utils
 from beltcrack_jax.data import layout as layout_lib
 
 RELEASES = {"beltcrack14ks": "BeltCrack14ks", "beltcrack9kd": "BeltCrack9kd"}
-SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_demo": "demo", "synthetic_14ks_like": "14ks-like",
-             "synthetic_9kd_like": "9kd-like"}
+SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_demo": "demo", "synthetic_ambiguous": "ambiguous",
+             "synthetic_14ks_like": "14ks-like", "synthetic_9kd_like": "9kd-like"}
+_SEEDED = re.compile(r"^(?P<base>synthetic_[a-z0-9_]+?)_seed(?P<seed>\d+)$")
+
+
+def seeded_config(config_name: str) -> "BeltCrackConfig | None":
+    """The config `synthetic_<preset>_seed<N>`: the same preset generated with seed N (a fresh draw of belts,
+    cracks and conditions, e.g. to test a trained model on data it never saw); None for any other name."""
+    m = _SEEDED.match(config_name)
+    if not m or m["base"] not in SYNTHETIC:
+        return None
+    return BeltCrackConfig(name=config_name, synthetic_preset=SYNTHETIC[m["base"]], synthetic_seed=int(m["seed"]),
+                           description=f"synthetic data, preset {SYNTHETIC[m['base']]!r}, seed {m['seed']}")
 
 _MANUAL = """\
 The BeltCrack releases cannot be downloaded automatically. Download BeltCrack14ks and/or BeltCrack9kd from the
