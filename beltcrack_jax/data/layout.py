@@ -11,27 +11,11 @@ category_id = 1, bbox [x, y, w, h] original px), `categories` [{id: 1, name: 'cr
 file_name. Frames on disk but not in the json are *unannotated* frames (history only); a frame in the json with
 no annotation is an *annotated negative*.
 
-`read_layout` checks everything and raises `LayoutError` listing every problem, or with `skip_invalid=True`
-skips the bad items and counts them in `Layout.report`. `validate` only reports. What `skip_invalid` skips:
-
-=====================  ==========================================================================================
-problem                skipped item
-=====================  ==========================================================================================
-bad_json               the split
-bad_file_name          the image entry (+ its annotations)
-duplicate_image_id     every entry with that id (+ their annotations); the files stay as unannotated frames
-duplicate_file_name    every entry naming that file (+ annotations); the file stays as an unannotated frame
-duplicate_annotation   the later annotations with an already used id
-unknown_image_id       the annotation
-bad_category           the annotation's frame becomes unannotated (its ground truth is incomplete)
-bad_box                the annotation's frame becomes unannotated (not used as a key frame, still a history frame)
-size_mismatch          the frame becomes unannotated (json width/height disagree with the file)
-missing_frame          the frame (the sequence is split there)
-corrupt_image          the frame (the sequence is split there)
-frame_gap              nothing is lost: the sequence is split into contiguous segments at the gap
-short_sequence         the sequence / segment (fewer frames than `min_sequence_length`)
-empty_split            the split
-=====================  ==========================================================================================
+`read_layout` runs every check and raises `LayoutError` listing every problem, or with `skip_invalid=True` skips
+the bad items and counts them in `Layout.report`. These are the only checks: the validator CLI and the TFDS
+builder (hence the training pipeline's build) call them. The problem codes, what each means and what a skip
+drops are listed in `beltcrack_jax.data.problems.PROBLEMS`. One fault gives one problem: the annotations of a
+rejected image entry, or the frames of a missing sequence folder, are counted, not reported again one by one.
 """
 
 from __future__ import annotations
@@ -39,79 +23,21 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import io
 import json
 import os
+import posixpath
 import re
 from typing import Any
 
 import numpy as np
 
-FRAME_NAME = re.compile(r"^(0|[1-9][0-9]*)\.jpg$")
+from beltcrack_jax.data import coco_fields as F
+from beltcrack_jax.data import release_paths as paths
+from beltcrack_jax.data.frame_check import check_frame_file
+from beltcrack_jax.data.problems import PROBLEM_KINDS, PROBLEMS, LayoutError, Problem, Report  # noqa: F401
+
+FRAME_NAME = paths.FRAME_NAME
 TAG_KEYS = ("view", "light", "weather", "speed")
-PROBLEM_KINDS = (
-    "bad_json", "bad_file_name", "duplicate_image_id", "duplicate_file_name", "duplicate_annotation",
-    "unknown_image_id", "bad_category", "bad_box", "size_mismatch", "missing_frame", "corrupt_image",
-    "frame_gap", "short_sequence", "empty_split",
-)
-
-
-class LayoutError(ValueError):
-    """A release-layout folder has problems; `.report` lists them all."""
-
-    def __init__(self, report: "Report"):
-        self.report = report
-        super().__init__(report.format(header="invalid BeltCrack release layout (pass skip_invalid=True / "
-                                              "--skip-invalid to skip the bad items and count them)"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    kind: str      # one of PROBLEM_KINDS
-    path: str      # the file (json, frame) or folder concerned
-    message: str
-
-    def __str__(self) -> str:
-        return f"[{self.kind}] {self.path}: {self.message}"
-
-
-@dataclasses.dataclass
-class Report:
-    """Problems found plus informational counts (nothing is dropped silently)."""
-
-    root: str
-    problems: list[Problem] = dataclasses.field(default_factory=list)
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    info: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-
-    def add(self, kind: str, path: str, message: str) -> None:
-        if kind not in PROBLEM_KINDS:
-            raise ValueError(f"unknown problem kind {kind!r}")
-        self.problems.append(Problem(kind, str(path), message))
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def counts(self) -> dict[str, int]:
-        return dict(collections.Counter(p.kind for p in self.problems))
-
-    def format(self, header: str = "", max_lines: int = 200) -> str:
-        lines = [header] if header else []
-        lines.append(f"root: {self.root}")
-        if self.problems:
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts().items()))
-            lines.append(f"{len(self.problems)} problem(s): {counts}")
-            lines += [f"  {p}" for p in self.problems[:max_lines]]
-            if len(self.problems) > max_lines:
-                lines.append(f"  ... and {len(self.problems) - max_lines} more")
-        else:
-            lines.append("no problems found")
-        if self.skipped:
-            lines.append("skipped (skip_invalid): " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())))
-        if self.info:
-            lines.append("info: " + ", ".join(f"{k} {v}" for k, v in sorted(self.info.items())))
-        return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -156,46 +82,6 @@ def natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def _check_image(path: str, full: bool) -> tuple[str | None, tuple[int, int] | None]:
-    """-> (error message or None, (width, height) or None). Full decode unless `full` is False."""
-    from PIL import Image
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return f"cannot read: {e}", None
-    if not data:
-        return "empty file", None
-    try:
-        img = Image.open(io.BytesIO(data))
-        size = img.size
-        fmt = img.format
-        if full:
-            img.load()  # raises on truncated / corrupt entropy-coded data
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a corrupt file
-        return f"cannot decode ({type(e).__name__}: {e})", None
-    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return "truncated JPEG (no end-of-image marker)", None
-    return None, size
-
-
-def _find_json(ann_dir: str) -> str | None:
-    p = os.path.join(ann_dir, "coco.json")
-    if os.path.isfile(p):
-        return p
-    cands = sorted(f for f in os.listdir(ann_dir) if f.endswith(".json"))
-    return os.path.join(ann_dir, cands[0]) if len(cands) == 1 else None
-
-
-def _seq_tags(coco: dict) -> dict[str, dict[str, str]]:
-    out = {}
-    for s in coco.get("sequences", []) or []:
-        if isinstance(s, dict) and "name" in s:
-            out[str(s["name"])] = {k: str(s[k]) for k in TAG_KEYS if k in s and s[k] is not None}
-    return out
-
-
 def read_layout(
     root: str | os.PathLike,
     *,
@@ -208,11 +94,12 @@ def read_layout(
 ) -> Layout:
     """Parse and check a release-layout folder -> Layout (sequences of contiguous frames per split).
 
-    check_images: open every frame (full decode unless full_decode=False: header + end marker only).
+    check_images: open every frame (full decode unless full_decode=False: header, mode and end marker only).
     Raises LayoutError listing every problem unless skip_invalid (then bad items are skipped and counted in
-    `layout.report.skipped`). Nothing is ever dropped without being reported.
+    `layout.report.skipped`). Nothing is ever dropped without being reported. A folder that is not a release
+    layout at all (no annotations/ folder, no split folders) raises FileNotFoundError.
     """
-    layout = _read(os.fspath(root), min_sequence_length, skip_invalid, check_images, full_decode, num_threads, splits)
+    layout = _read(os.fspath(root), min_sequence_length, check_images, full_decode, num_threads, splits)
     if layout.report.problems and not skip_invalid:
         raise LayoutError(layout.report)
     return layout
@@ -221,11 +108,24 @@ def read_layout(
 def validate(root: str | os.PathLike, **kwargs) -> Report:
     """Every problem in a release-layout folder (never raises for data problems). kwargs as `read_layout`."""
     kwargs.pop("skip_invalid", None)
-    return _read(os.fspath(root), kwargs.pop("min_sequence_length", 5), True, kwargs.pop("check_images", True),
-                 kwargs.pop("full_decode", True), kwargs.pop("num_threads", 4), kwargs.pop("splits", None)).report
+    return read_layout(root, skip_invalid=True, **kwargs).report
 
 
-def _read(root, min_len, skip, check_images, full_decode, num_threads, only_splits) -> Layout:
+@dataclasses.dataclass(frozen=True)
+class _Ctx:
+    """Where the checks of one split are: the release root (as given and resolved), the split and its json."""
+
+    root: str
+    root_real: str
+    split: str
+    json_path: str
+    report: Report
+
+    def add(self, kind: str, message: str, where: str = "", path: str | None = None) -> None:
+        self.report.add(kind, self.json_path if path is None else path, message, where)
+
+
+def _read(root, min_len, check_images, full_decode, num_threads, only_splits) -> Layout:
     report = Report(root=root)
     ann_root = os.path.join(root, "annotations")
     if not os.path.isdir(ann_root):
@@ -238,192 +138,461 @@ def _read(root, min_len, skip, check_images, full_decode, num_threads, only_spli
             raise FileNotFoundError(f"splits {missing} not found under {ann_root} (found {split_names})")
         split_names = [s for s in split_names if s in only_splits]
     if not split_names:
-        raise FileNotFoundError(f"no split folders under {ann_root}")
+        loose = sorted(f for f in os.listdir(ann_root) if f.endswith(".json"))
+        hint = (f"; found {loose[:3]} directly in it: move each to annotations/<split>/coco.json, e.g. "
+                f"annotations/{os.path.splitext(loose[0])[0]}/coco.json") if loose else ""
+        raise FileNotFoundError(f"no split folders under {ann_root} (expected annotations/<split>/coco.json){hint}")
 
+    root_real = os.path.realpath(root)
     splits: dict[str, Split] = {}
+    referenced: set[str] = set()
     pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) if check_images else None
     try:
         for split in split_names:
-            s = _read_split(root, split, report, min_len, check_images, full_decode, pool)
+            s = _read_split(root, root_real, split, report, min_len, check_images, full_decode, pool, referenced)
             if s is not None:
                 splits[split] = s
+            else:
+                report.dropped_splits.append(split)
     finally:
         if pool is not None:
             pool.shutdown()
     report.info["frames_kept"] = sum(sp.num_frames for sp in splits.values())
+    _note_unreferenced_folders(root, referenced, report)
     return Layout(root=root, splits=splits, report=report)
 
 
-def _read_split(root, split, report, min_len, check_images, full_decode, pool) -> Split | None:
-    ann_dir = os.path.join(root, "annotations", split)
-    json_path = _find_json(ann_dir)
-    if json_path is None:
-        report.add("bad_json", ann_dir, "no coco.json (and not exactly one *.json) in this folder")
-        report.skipped["splits"] += 1
-        return None
-    try:
-        with open(json_path) as f:
-            coco = json.load(f)
-        images, anns = coco["images"], coco.get("annotations", [])
-        if not isinstance(images, list) or not isinstance(anns, list):
-            raise TypeError("'images' and 'annotations' must be lists")
-    except Exception as e:  # noqa: BLE001
-        report.add("bad_json", json_path, f"cannot parse COCO json ({type(e).__name__}: {e})")
-        report.skipped["splits"] += 1
-        return None
-    cat_ids = {c.get("id") for c in coco.get("categories", []) if isinstance(c, dict)} or {1}
-    tags_by_name = _seq_tags(coco)
+def _note_unreferenced_folders(root: str, referenced: set[str], report: Report) -> None:
+    """Folders of frames no split's json mentions (e.g. a json older than the frames): counted, not an error."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (rel == "." and d == "annotations"))
+        if rel != "." and rel not in referenced and any(FRAME_NAME.match(f) for f in filenames):
+            found.append(rel)
+    if found:
+        report.info["unreferenced_frame_folders"] = len(found)
+        report.notes.append(f"{len(found)} folder(s) of frames are not named by any split's json (not read): "
+                            + ", ".join(found[:5]) + (" ..." if len(found) > 5 else ""))
 
-    # ---- images: ids, file names
-    by_id: dict[int, dict] = {}
-    id_count = collections.Counter()
-    name_count = collections.Counter()
-    parsed = []
-    for k, im in enumerate(images):
+
+# ---------------------------------------------------------------------------------------------------------------
+# one split
+
+
+def _read_split(root, root_real, split, report, min_len, check_images, full_decode, pool, referenced) -> Split | None:
+    ann_dir = os.path.join(root, "annotations", split)
+    json_path, why = _find_json(ann_dir)
+    if json_path is None:
+        report.add("bad_json", ann_dir, why)
+        report.skipped["splits"] += 1
+        return None
+    ctx = _Ctx(root, root_real, split, json_path, report)
+    coco, why = _load_json(json_path)
+    if coco is None:
+        ctx.add("bad_json", why)
+        report.skipped["splits"] += 1
+        return None
+    cat_ids = _category_ids(coco, ctx)
+    if cat_ids is None:
+        report.skipped["splits"] += 1
+        return None
+    tags_by_name = _sequence_tags(coco, ctx)
+    entries, rejected_ids, rejected_raw = _parse_images(coco["images"], ctx)
+    boxes_by_id, invalid_gt = _parse_annotations(coco["annotations"], ctx, entries, rejected_ids, rejected_raw, cat_ids)
+    seq_frames, dropped = _collect_frames(ctx, entries, tags_by_name)
+    referenced.update(seq_frames)
+    frames_all = [fr for seq in seq_frames.values() for fr in seq.values()]
+    _check_frame_files(ctx, frames_all, dropped, invalid_gt, check_images, full_decode, pool)
+    _attach_boxes(ctx, frames_all, boxes_by_id, invalid_gt)
+    sequences = _sequences(ctx, seq_frames, dropped, entries, tags_by_name, min_len)
+    if not any(f.annotated for s in sequences for f in s.frames):
+        what = "no usable frames" if not sequences else "no annotated frames (no ground truth)"
+        ctx.add("empty_split", f"split {split!r} has {what}")
+        report.skipped["splits"] += 1
+        return None
+    return Split(name=split, json_path=json_path, sequences=sequences)
+
+
+def _find_json(ann_dir: str) -> tuple[str | None, str]:
+    p = os.path.join(ann_dir, "coco.json")
+    if os.path.isfile(p):
+        return p, ""
+    cands = sorted(f for f in os.listdir(ann_dir) if f.endswith(".json"))
+    if len(cands) == 1:
+        return os.path.join(ann_dir, cands[0]), ""
+    found = f"found {cands}" if cands else "found none"
+    return None, f"expected coco.json (or exactly one *.json) in this folder; {found}"
+
+
+def _load_json(path: str) -> tuple[dict | None, str]:
+    """The COCO dict, or None and why not. UTF-8 (with or without BOM), UTF-16/32 and CRLF line ends are fine."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, f"cannot read the file ({type(e).__name__}: {e})"
+    if not data.strip():
+        return None, "empty file: expected a COCO json object"
+    try:
+        coco = json.loads(data)  # detects the UTF encoding and skips a byte-order mark
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8/16/32 text ({e}); save the json as UTF-8"
+    except json.JSONDecodeError as e:
+        cut = " - the file ends early (truncated copy?)" if e.pos >= len(data.rstrip()) - 1 else ""
+        return None, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}{cut}"
+    if not isinstance(coco, dict):
+        return None, f"the top level is {F.describe(coco)[:40]}...; expected a COCO object {{images, annotations, ...}}"
+    for key in ("images", "annotations"):
+        if key not in coco:
+            extra = ' (a split without boxes must still say "annotations": [])' if key == "annotations" else ""
+            return None, f"has no {key!r} list; expected a COCO object with 'images' and 'annotations'{extra}"
+        if not isinstance(coco[key], list):
+            return None, f"{key!r} is {F.describe(coco[key])}; expected a list"
+    return coco, ""
+
+
+def _category_ids(coco: dict, ctx: _Ctx) -> set[int] | None:
+    """Category ids the annotations may use ({1} when the json lists none); None if 'categories' is unusable."""
+    cats = coco.get("categories", [])
+    if cats is None:
+        cats = []
+    if not isinstance(cats, list):
+        ctx.add("bad_json", f"'categories' is {F.describe(cats)}; expected a list of {{id, name}} objects")
+        return None
+    ids = set()
+    for k, c in enumerate(cats):
+        raw = c.get("id", F.MISSING) if isinstance(c, dict) else c
         try:
-            iid, fname = int(im["id"]), str(im["file_name"])
-        except Exception as e:  # noqa: BLE001
-            report.add("bad_json", json_path, f"images[{k}] lacks a valid id/file_name ({e!r})")
+            if not isinstance(c, dict):
+                raise F.FieldError(f"is {F.describe(c)}; expected an object {{id, name}}")
+            ids.add(F.category_id(raw))
+        except F.FieldError as e:
+            ctx.add("bad_entry", f"{'id ' if isinstance(c, dict) else ''}{e}", f"categories[{k}]"
+                    + (".id" if isinstance(c, dict) else ""))
+    return ids or {1}
+
+
+def _sequence_tags(coco: dict, ctx: _Ctx) -> dict[str, dict[str, str]]:
+    seqs = coco.get("sequences", [])
+    if seqs is None:
+        return {}
+    if not isinstance(seqs, list):
+        ctx.add("bad_entry", f"is {F.describe(seqs)}; expected a list of {{name, view, light, weather, speed}}",
+                "sequences")
+        return {}
+    out = {}
+    for k, s in enumerate(seqs):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
+            got = F.describe(s.get("name", F.MISSING)) if isinstance(s, dict) else F.describe(s)
+            ctx.add("bad_entry", f"is {got}; expected an object with a string 'name' (its tags are not used)",
+                    f"sequences[{k}]" + (".name" if isinstance(s, dict) else ""))
+            continue
+        tags = {}
+        for key in TAG_KEYS:
+            v = s.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                ctx.add("bad_entry", f"is {F.describe(v)}; expected a string or a number (tag left out)",
+                        f"sequences[{k}].{key}")
+                continue
+            tags[key] = str(v)
+        out[s["name"]] = tags
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """An accepted image entry."""
+
+    image_id: int
+    file_name: str      # normalised, relative to ROOT
+    sequence: str       # directory part of file_name
+    number: int         # n of <n>.jpg
+    width: int          # 0 = not given
+    height: int
+    tag_name: str | None
+
+
+def _parse_images(images: list, ctx: _Ctx) -> tuple[dict[int, _Entry], set[int], set[str]]:
+    """-> (accepted entries by id, ids of rejected entries, json keys of ids that could not be read).
+
+    The rejected ids include what an unreadable id most likely meant ('4', [4]), so that the annotations naming
+    it are recognised as belonging to the rejected entry instead of being reported again as unknown ids."""
+    report = ctx.report
+    parsed: list[_Entry] = []
+    rejected_ids: set[int] = set()
+    meant_ids: set[int] = set()
+    rejected_raw: set[str] = set()
+    id_count: collections.Counter = collections.Counter()
+    name_count: collections.Counter = collections.Counter()
+    for k, im in enumerate(images):
+        where = f"images[{k}]"
+        if not isinstance(im, dict):
+            ctx.add("bad_entry", f"is {F.describe(im)}; expected an object {{id, file_name, width, height}}", where)
             report.skipped["image_entries"] += 1
             continue
-        fname = fname.replace("\\", "/")
-        while fname.startswith("./"):
-            fname = fname[2:]
-        seq, base = os.path.split(fname)
-        if not seq or not FRAME_NAME.match(base):
-            report.add("bad_file_name", f"{json_path}: image id {iid}",
-                       f"file_name {fname!r} is not of the form '<sequence>/<n>.jpg' (n = 0, 1, ... without zero "
-                       f"padding)")
+        ok = True
+        raw_id = im.get("id", F.MISSING)
+        try:
+            iid = F.image_id(raw_id)
+            id_count[iid] += 1
+        except F.FieldError as e:
+            ctx.add("bad_entry", f"id {e}", f"{where}.id")
+            iid, ok = None, False
+            rejected_raw.add(F.value_key(raw_id))
+            if F.intended_int(raw_id) is not None:
+                meant_ids.add(F.intended_int(raw_id))
+        label = f"{where}.file_name" + (f" (image id {iid})" if iid is not None else "")
+        try:
+            name = paths.normalise(F.text(im.get("file_name", F.MISSING),
+                                          expected="a string '<sequence dir>/<n>.jpg'"))
+            escape = paths.escape_problem(name)
+            if escape:
+                ctx.add("path_escape", f"file_name {im['file_name']!r} {escape}", label)
+                ok = False
+            else:
+                bad = paths.frame_name_problem(name)
+                if bad:
+                    ctx.add("bad_file_name", f"file_name {im['file_name']!r} {bad}", label)
+                    ok = False
+        except F.FieldError as e:
+            ctx.add("bad_entry", f"file_name {e}", label)
+            name, ok = None, False
+        size = {}
+        for key in ("width", "height"):
+            v = im.get(key)
+            if v is None:  # absent: the size is taken from the frame file
+                size[key] = 0
+                continue
+            try:
+                size[key] = F.frame_size(v)
+            except F.FieldError as e:
+                ctx.add("bad_entry", f"{key} {e}", f"{where}.{key}")
+                ok = False
+        if not ok:
             report.skipped["image_entries"] += 1
+            if iid is not None:
+                rejected_ids.add(iid)
             continue
-        id_count[iid] += 1
-        name_count[fname] += 1
-        parsed.append((iid, fname, seq, int(base[:-4]), im))
+        tag = im.get("sequence")
+        name_count[name] += 1
+        parsed.append(_Entry(iid, name, posixpath.dirname(name), paths.frame_number(name), size["width"],
+                             size["height"], tag if isinstance(tag, str) else None))
     dup_ids = {i for i, c in id_count.items() if c > 1}
     dup_names = {n for n, c in name_count.items() if c > 1}
     for i in sorted(dup_ids):
-        report.add("duplicate_image_id", json_path, f"image id {i} is used by {id_count[i]} image entries")
+        ctx.add("duplicate_image_id", f"image id {i} is used by {id_count[i]} image entries; expected unique ids")
     for n in sorted(dup_names):
-        report.add("duplicate_file_name", json_path, f"file_name {n!r} is listed by {name_count[n]} image entries")
-    bad_ids = set(dup_ids)
-    for iid, fname, seq, num, im in parsed:
-        if iid in dup_ids or fname in dup_names:
+        ctx.add("duplicate_file_name", f"file_name {n!r} is listed by {name_count[n]} image entries "
+                                       f"(after normalising slashes); expected each frame once")
+    entries: dict[int, _Entry] = {}
+    for e in parsed:
+        if e.image_id in dup_ids or e.file_name in dup_names:
             report.skipped["image_entries"] += 1
-            bad_ids.add(iid)
+            rejected_ids.add(e.image_id)
             continue
-        by_id[iid] = dict(file_name=fname, seq=seq, num=num, width=im.get("width"), height=im.get("height"),
-                          tag_name=im.get("sequence"))
+        entries[e.image_id] = e
+    rejected_ids |= dup_ids | (meant_ids - set(entries))
+    return entries, rejected_ids, rejected_raw
 
-    # ---- annotations
+
+def _parse_annotations(anns: list, ctx: _Ctx, entries: dict[int, _Entry], rejected_ids: set[int],
+                       rejected_raw: set[str], cat_ids: set[int]):
+    """-> (boxes by image id: [(xywh, label, where)], image ids whose ground truth is unusable)."""
+    report = ctx.report
     boxes_by_id: dict[int, list] = collections.defaultdict(list)
     invalid_gt: set[int] = set()
-    ann_ids = set()
+    by_ann_id: dict[int, tuple] = {}
+    by_box: dict[tuple, int] = {}
     for k, a in enumerate(anns):
-        where = f"{json_path}: annotations[{k}]"
+        where = f"annotations[{k}]"
+        if not isinstance(a, dict):
+            ctx.add("bad_entry", f"is {F.describe(a)}; expected an object {{id, image_id, category_id, bbox}}",
+                    where)
+            report.skipped["annotations"] += 1
+            continue
+        raw_iid = a.get("image_id", F.MISSING)
         try:
-            iid = int(a["image_id"])
-            bbox = [float(v) for v in a["bbox"]]
-            if len(bbox) != 4 or not all(np.isfinite(bbox)):
-                raise ValueError(f"bbox {a['bbox']!r}")
-        except Exception as e:  # noqa: BLE001
-            report.add("bad_json", where, f"missing/invalid image_id or bbox ({e!r})")
+            iid = F.image_id(raw_iid)
+        except F.FieldError as e:
+            if F.value_key(raw_iid) not in rejected_raw:
+                ctx.add("bad_entry", f"image_id {e}", f"{where}.image_id")
+                meant = F.intended_int(raw_iid)
+                if meant in entries:  # the frame it most likely belongs to lost a box: its ground truth is partial
+                    invalid_gt.add(meant)
+            else:  # its image entry was rejected for this very id: already reported there
+                report.info["annotations_of_rejected_images"] += 1
             report.skipped["annotations"] += 1
             continue
-        aid = a.get("id")
-        if aid is not None:
-            if aid in ann_ids:
-                report.add("duplicate_annotation", where, f"annotation id {aid} is used more than once")
-                report.skipped["annotations"] += 1
-                continue
-            ann_ids.add(aid)
-        if iid not in by_id:
-            if iid in bad_ids:  # already reported with its image entry
-                report.skipped["annotations"] += 1
-                continue
-            report.add("unknown_image_id", where, f"annotation for image id {iid}, which is not in 'images'")
+        if iid in rejected_ids:  # the image entry was reported and skipped; its annotations go with it
+            report.info["annotations_of_rejected_images"] += 1
             report.skipped["annotations"] += 1
             continue
-        cat = a.get("category_id", 1)
-        if cat not in cat_ids:
-            report.add("bad_category", where, f"category_id {cat!r} not in categories {sorted(cat_ids)}")
+        if iid not in entries:
+            ctx.add("unknown_image_id", f"annotation for image id {iid}, which no entry of 'images' has", where)
+            report.skipped["annotations"] += 1
+            continue
+        try:
+            aid = F.annotation_id(a["id"]) if a.get("id") is not None else None
+        except F.FieldError as e:
+            ctx.add("bad_entry", f"id {e}", f"{where}.id")
             invalid_gt.add(iid)
             continue
-        boxes_by_id[iid].append((bbox, int(cat) - 1, where))
+        try:
+            cat = F.category_id(a.get("category_id", 1))
+            if cat not in cat_ids:
+                raise F.FieldError(f"is {cat}, which 'categories' does not list (ids {sorted(cat_ids)})")
+        except F.FieldError as e:
+            ctx.add("bad_category", f"category_id {e}", f"{where}.category_id")
+            invalid_gt.add(iid)
+            continue
+        try:
+            box = F.box_xywh(a.get("bbox", F.MISSING))
+        except F.FieldError as e:
+            ctx.add("bad_box", f"bbox {e}", f"{where}.bbox")
+            invalid_gt.add(iid)
+            continue
+        content = (iid, box, cat)
+        if aid is not None:
+            if aid in by_ann_id:
+                j, first = by_ann_id[aid]
+                if first == content:
+                    ctx.add("duplicate_annotation", f"annotation id {aid} repeats annotations[{j}] exactly "
+                                                    f"(the copy is dropped); expected unique ids", where)
+                    report.skipped["annotations"] += 1
+                else:
+                    ctx.add("duplicate_annotation", f"annotation id {aid} is also used by annotations[{j}] with "
+                                                    f"other contents; expected unique ids", where)
+                    invalid_gt.update({iid, first[0]})
+                continue
+            by_ann_id[aid] = (k, content)
+        if content in by_box:
+            ctx.add("duplicate_box", f"image id {iid} already has this box {list(box)} (annotations[{by_box[content]}]"
+                                     f"); the copy is dropped", where)
+            report.skipped["annotations"] += 1
+            continue
+        by_box[content] = k
+        boxes_by_id[iid].append((box, cat - 1, where))
+    return boxes_by_id, invalid_gt
 
-    # ---- sequences: json-listed frames plus frames found on disk
+
+def _collect_frames(ctx: _Ctx, entries: dict[int, _Entry], tags_by_name) -> tuple[dict, dict]:
+    """json-listed frames plus frames found on disk, per sequence folder -> (frames, dropped frame numbers)."""
+    report, root = ctx.report, ctx.root
     seq_frames: dict[str, dict[int, Frame]] = collections.defaultdict(dict)
-    listed: dict[str, set[int]] = collections.defaultdict(set)
-    for iid, d in by_id.items():
-        fr = Frame(number=d["num"], file_name=d["file_name"], image_id=iid, annotated=True,
-                   width=int(d["width"] or 0), height=int(d["height"] or 0))
-        seq_frames[d["seq"]][d["num"]] = fr
-        listed[d["seq"]].add(d["num"])
+    for iid, e in entries.items():
+        seq_frames[e.sequence][e.number] = Frame(number=e.number, file_name=e.file_name, image_id=iid,
+                                                 annotated=True, width=e.width, height=e.height)
     for name in tags_by_name:  # sequences named only in the `sequences` list
         if name not in seq_frames and os.path.isdir(os.path.join(root, name)):
             seq_frames[name] = {}
+    dropped: dict[str, set[int]] = collections.defaultdict(set)
     for seq in list(seq_frames):
         d = os.path.join(root, seq)
+        listed = len(seq_frames[seq])
         if not os.path.isdir(d):
+            # one problem for the folder, not one per frame
+            ctx.add("missing_frame", f"sequence folder does not exist; the json lists {listed} frame(s) in it"
+                                     f"{paths.missing_folder_hint(root, seq, ctx.split)}",
+                    path=d)
+            dropped[seq].update(seq_frames[seq])
             continue
-        for entry in os.scandir(d):
+        outside = paths.outside_root(ctx.root_real, d)
+        if outside:
+            ctx.add("path_escape", f"sequence folder is a link to {outside}, outside the release root "
+                                   f"({listed} frame(s) listed); expected frames inside the root", path=d)
+            dropped[seq].update(seq_frames[seq])
+            continue
+        try:
+            listing = list(os.scandir(d))
+        except OSError as e:
+            ctx.add("missing_frame", f"cannot list the sequence folder ({type(e).__name__}: {e}); {listed} frame(s) "
+                                     f"listed in it", path=d)
+            dropped[seq].update(seq_frames[seq])
+            continue
+        ignored = []
+        for entry in listing:
             if not entry.is_file():
                 continue
             m = FRAME_NAME.match(entry.name)
             if not m:
-                report.info["ignored_files_in_sequence_folders"] += 1
+                ignored.append(entry.name)
                 continue
             n = int(m.group(1))
             if n not in seq_frames[seq]:
                 seq_frames[seq][n] = Frame(number=n, file_name=f"{seq}/{entry.name}")
                 report.info["unannotated_frames"] += 1
+        if ignored:
+            report.info["ignored_files_in_sequence_folders"] += len(ignored)
+            if len(report.notes) < 20:
+                report.notes.append(f"{d}: {len(ignored)} file(s) not named <n>.jpg are ignored, e.g. "
+                                    f"{sorted(ignored)[:3]}")
+    return seq_frames, dropped
 
-    # ---- frame files: existence and decodability
-    frames_all = [fr for seq in seq_frames.values() for fr in seq.values()]
-    paths = [os.path.join(root, fr.file_name) for fr in frames_all]
-    exists = [os.path.isfile(p) for p in paths]
-    if check_images:
-        results = list(pool.map(lambda p_e: _check_image(p_e[0], full_decode) if p_e[1] else (None, None),
-                                zip(paths, exists)))
-    else:
-        results = [(None, None)] * len(paths)
-    dropped: dict[str, set[int]] = collections.defaultdict(set)
-    for fr, p, ok, (err, size) in zip(frames_all, paths, exists, results):
-        seq = os.path.dirname(fr.file_name)
+
+def _check_frame_files(ctx: _Ctx, frames_all, dropped, invalid_gt, check_images, full_decode, pool) -> None:
+    """Existence, location and (check_images) decodability / mode / size of every frame not already dropped."""
+    report, root = ctx.report, ctx.root
+    todo = [fr for fr in frames_all if fr.number not in dropped[posixpath.dirname(fr.file_name)]]
+    paths_ = [os.path.join(root, fr.file_name) for fr in todo]
+    exists = [os.path.isfile(p) for p in paths_]
+
+    def check(i):
+        if not exists[i]:
+            return None
+        if os.path.islink(paths_[i]) and paths.outside_root(ctx.root_real, paths_[i]):
+            return "escape"
+        return check_frame_file(paths_[i], full_decode) if check_images else None
+
+    results = list(pool.map(check, range(len(todo)))) if pool is not None else [check(i) for i in range(len(todo))]
+    for fr, p, ok, res in zip(todo, paths_, exists, results):
+        seq = posixpath.dirname(fr.file_name)
         if not ok:
-            report.add("missing_frame", p, f"listed in the json (image id {fr.image_id}) but the file does not exist")
+            ctx.add("missing_frame", f"listed in the json (image id {fr.image_id}) but the file does not exist"
+                                     f"{paths.missing_hint(root, fr.file_name, ctx.split)}", path=p)
             dropped[seq].add(fr.number)
             continue
-        if err is not None:
-            report.add("corrupt_image", p, err)
+        if res == "escape":
+            ctx.add("path_escape", f"is a link to {os.path.realpath(p)}, outside the release root; expected a "
+                                   f"frame inside it", path=p)
             dropped[seq].add(fr.number)
             continue
-        if size is not None:
-            if fr.annotated and (fr.width, fr.height) != (0, 0) and (fr.width, fr.height) != tuple(size):
-                report.add("size_mismatch", p, f"json says {fr.width}x{fr.height} (WxH), the file is "
-                                               f"{size[0]}x{size[1]}")
-                invalid_gt.add(fr.image_id)
-            fr.width, fr.height = int(size[0]), int(size[1])
-    report.info["frames_checked" if check_images else "frames_not_checked"] += len(frames_all)
+        if res is None:
+            continue
+        if res.kind is not None:
+            ctx.add(res.kind, res.message, path=p)
+            dropped[seq].add(fr.number)
+            continue
+        if res.format != "JPEG":
+            report.info["frames_not_jpeg_inside"] += 1
+        w, h = res.size_wh
+        if fr.annotated and (fr.width, fr.height) != (0, 0) and (fr.width, fr.height) != (w, h):
+            ctx.add("size_mismatch", f"the json says {fr.width}x{fr.height} (WxH) for image id {fr.image_id}, the "
+                                     f"file is {w}x{h}", path=p)
+            invalid_gt.add(fr.image_id)
+        fr.width, fr.height = w, h
+    report.info["frames_checked" if check_images else "frames_not_checked"] += len(todo)
 
-    # ---- boxes (need the frame size)
+
+def _attach_boxes(ctx: _Ctx, frames_all, boxes_by_id, invalid_gt) -> None:
+    """Boxes onto their frames (geometry checked against the frame size); frames with bad ground truth -> unannotated."""
     frame_by_id = {fr.image_id: fr for fr in frames_all if fr.annotated}
     for iid, items in boxes_by_id.items():
         fr = frame_by_id[iid]
-        good = []
-        for bbox, label, where in items:
-            x, y, w, h = bbox
+        for (x, y, w, h), _, where in items:
             msg = None
             if w <= 0 or h <= 0:
-                msg = f"box {bbox} has non-positive size"
+                msg = f"box {[x, y, w, h]} has non-positive size; expected w > 0 and h > 0"
             elif fr.width and fr.height and (x < 0 or y < 0 or x + w > fr.width or y + h > fr.height):
-                msg = f"box {bbox} (xywh) lies outside the {fr.width}x{fr.height} image {fr.file_name}"
+                msg = (f"box {[x, y, w, h]} (xywh) lies outside the {fr.width}x{fr.height} image {fr.file_name}; "
+                       f"expected 0 <= x, x + w <= {fr.width}, 0 <= y, y + h <= {fr.height}")
             if msg:
-                report.add("bad_box", where, msg)
+                ctx.add("bad_box", msg, f"{where}.bbox")
                 invalid_gt.add(iid)
-            good.append((bbox, label))
-        if good:
-            fr.boxes_xywh = np.asarray([g[0] for g in good], np.float64).reshape(-1, 4)
-            fr.labels = np.asarray([g[1] for g in good], np.int32)
+        fr.boxes_xywh = np.asarray([b for b, _, _ in items], np.float64).reshape(-1, 4)
+        fr.labels = np.asarray([lab for _, lab, _ in items], np.int32)
     for iid in invalid_gt:
         fr = frame_by_id.get(iid)
         if fr is not None and fr.annotated:
@@ -431,22 +600,39 @@ def _read_split(root, split, report, min_len, check_images, full_decode, pool) -
             fr.image_id = -1
             fr.boxes_xywh = np.zeros((0, 4), np.float64)
             fr.labels = np.zeros((0,), np.int32)
-            report.skipped["frames_marked_unannotated"] += 1
+            ctx.report.skipped["frames_marked_unannotated"] += 1
 
-    # ---- contiguity, segments, lengths
+
+def _missing_ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Gaps in sorted, distinct frame numbers counted from 0, as inclusive (first, last) ranges."""
+    out, expect = [], 0
+    for n in numbers:
+        if n > expect:
+            out.append((expect, n - 1))
+        expect = n + 1
+    return out
+
+
+def _format_ranges(ranges: list[tuple[int, int]]) -> str:
+    s = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in ranges[:10])
+    return s + (f", ... ({len(ranges)} ranges)" if len(ranges) > 10 else "")
+
+
+def _sequences(ctx: _Ctx, seq_frames, dropped, entries, tags_by_name, min_len) -> list[Sequence]:
+    """Contiguous segments of usable frames per sequence folder, at least `min_len` long."""
+    report, root = ctx.report, ctx.root
     sequences = []
     for seq in sorted(seq_frames, key=natural_key):
         frames = seq_frames[seq]
         numbers = sorted(frames)
         if not numbers:
-            report.add("short_sequence", os.path.join(root, seq), "sequence has no frames")
+            ctx.add("short_sequence", "sequence has no frames", path=os.path.join(root, seq))
             continue
-        present = set(numbers)
-        # gaps: numbers missing from 0..max that were never listed anywhere (listed-but-missing is reported above)
-        absent = [n for n in range(0, numbers[-1] + 1) if n not in present]
-        if absent:
-            report.add("frame_gap", os.path.join(root, seq),
-                       f"frame numbers are not contiguous from 0: missing {_ranges(absent)} (of 0..{numbers[-1]})")
+        # gaps: numbers never listed nor found (a listed-but-missing frame is reported on its own)
+        gaps = _missing_ranges(numbers)
+        if gaps:
+            ctx.add("frame_gap", f"frame numbers are not contiguous from 0: missing {_format_ranges(gaps)} "
+                                 f"(of 0..{numbers[-1]})", path=os.path.join(root, seq))
         usable = [n for n in numbers if n not in dropped[seq]]
         if len(usable) < len(numbers):
             report.skipped["frames"] += len(numbers) - len(usable)
@@ -462,43 +648,23 @@ def _read_split(root, split, report, min_len, check_images, full_decode, pool) -
             report.info["sequences_split_into_segments"] += 1
         tags = tags_by_name.get(seq) or tags_by_name.get(os.path.basename(seq)) or {}
         if not tags:
-            tag_names = {by_id[f.image_id]["tag_name"] for f in frames.values() if f.annotated and f.image_id in by_id}
+            tag_names = {entries[f.image_id].tag_name for f in frames.values() if f.annotated and f.image_id in entries}
             tag_names.discard(None)
             if len(tag_names) == 1:
-                tags = tags_by_name.get(str(tag_names.pop()), {})
+                tags = tags_by_name.get(tag_names.pop(), {})
         for seg in segments:
             label = seq if len(segments) == 1 else f"{seq} (frames {seg[0]}..{seg[-1]})"
             if len(seg) < min_len:
-                if len(segments) == 1 and len(usable) == len(numbers) and not absent:
-                    report.add("short_sequence", os.path.join(root, seq),
-                               f"{label} has {len(seg)} frame(s), fewer than the clip length T = {min_len}")
+                if len(segments) == 1 and len(usable) == len(numbers) and not gaps:
+                    ctx.add("short_sequence", f"{label} has {len(seg)} frame(s), fewer than the clip length "
+                                              f"T = {min_len}", path=os.path.join(root, seq))
                 else:  # a piece left by a gap / skipped frames: the cause is already reported
                     report.info["short_segments_after_split"] += 1
                 report.skipped["frames"] += len(seg)
                 report.skipped["sequences"] += 1
                 continue
             sequences.append(Sequence(name=seq, frames=[frames[n] for n in seg], tags=dict(tags)))
-    if not any(f.annotated for s in sequences for f in s.frames):
-        what = "no usable frames" if not sequences else "no annotated frames (no ground truth)"
-        report.add("empty_split", json_path, f"split {split!r} has {what}")
-        report.skipped["splits"] += 1
-        return None
-    return Split(name=split, json_path=json_path, sequences=sequences)
-
-
-def _ranges(nums: list[int]) -> str:
-    out, start, prev = [], None, None
-    for n in nums:
-        if start is None:
-            start = prev = n
-        elif n == prev + 1:
-            prev = n
-        else:
-            out.append(f"{start}" if start == prev else f"{start}..{prev}")
-            start = prev = n
-    out.append(f"{start}" if start == prev else f"{start}..{prev}")
-    s = ", ".join(out[:10])
-    return s + (f", ... ({len(out)} ranges)" if len(out) > 10 else "")
+    return sequences
 
 
 def layout_summary(layout: Layout) -> dict[str, Any]:
