@@ -21,6 +21,11 @@ key frames are permuted with a Feistel permutation seeded by (seed, e) and dealt
 from (seed, epoch, key record). Batches do not depend on num_workers / num_threads. Each epoch has
 steps_per_epoch = n_keys // (B * process_count) batches per process (drop-last, as the reference's DataLoader).
 The iterator state (grain) is checkpointable with orbax: `grain.checkpoint.CheckpointSave(iterator)`.
+
+Bad input: opening a split (re)builds it if missing with the release checks of `layout.read_layout`
+(`config.data.skip_invalid` = the builder's skip_invalid), refuses a build whose release folder changed since
+(`DatasetError` with the rebuild command) and checks every record file is complete; a record that cannot be read
+later names its shard file. `info['fingerprint']` of the training split is saved with each checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from beltcrack_jax.data import record_files
 from beltcrack_jax.data import transforms as tr
+from beltcrack_jax.data.errors import DatasetError, rebuild_command
+from beltcrack_jax.data.fingerprint import dataset_fingerprint
 from beltcrack_jax.data.transforms import normalize, normalize_np  # noqa: F401  (re-exported)
 
 KEY_FRAME_MODES = ("annotated", "labelled", "all")
@@ -141,26 +149,34 @@ def split_index_from_metadata(md: dict, split: str) -> SplitIndex:
     )
 
 
-def open_source(name: str, split: str, data_dir: str | None, *, prepare: bool = True):
+def open_source(name: str, split: str, data_dir: str | None, *, prepare: bool = True, skip_invalid: bool = False,
+                verify: bool | None = None):
     """(ArrayRecord data source with undecoded image bytes, SplitIndex). Builds the dataset first if `prepare` and
-    it is missing (synthetic configs generate their frames; real releases need the manual download)."""
+    it is missing (synthetic configs generate their frames; real releases need the manual download), refusing an
+    existing build whose release changed since. `verify` (default: `prepare`) checks every record file is whole."""
     import tensorflow_datasets as tfds
 
     import beltcrack_jax.data  # noqa: F401  (registers the builder)
+    from beltcrack_jax.data.build import make_builder
     from beltcrack_jax.data.tfds_beltcrack.beltcrack_dataset_builder import seeded_config
 
     if any(c in split for c in "[]+"):
         raise ValueError(f"split must be a plain split name (clips need whole sequences), got {split!r}")
+    full_name = name
     kwargs = {}
     builder_name, _, config_name = name.partition("/")
     seeded = seeded_config(config_name) if builder_name == "beltcrack" else None
     if seeded is not None:   # synthetic_<preset>_seed<N>: built from a config object (not a registered name)
         name, kwargs = builder_name, {"builder_kwargs": {"config": seeded}}
+    if prepare:  # builds if missing; tfds.data_source alone would serve a stale build without a word
+        make_builder(full_name, data_dir, skip_invalid=skip_invalid).download_and_prepare()
     src = tfds.data_source(name, split=split, data_dir=data_dir, download=prepare,
                            decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
     index = split_index_from_metadata(src.dataset_info.metadata, split)
     if len(src) != index.num_records:
         raise ValueError(f"{name}/{split}: {len(src)} records but the metadata indexes {index.num_records}")
+    if prepare if verify is None else verify:
+        record_files.verify_record_files(src.dataset_info, split, full_name, data_dir)
     return src, index
 
 
@@ -210,6 +226,17 @@ class ClipLoader:
             self._source, self._index = open_source(self.name, self.split, self.data_dir, prepare=False)
         return self._source, self._index
 
+    def _read(self, source, records: list[int]) -> list:
+        getitems = getattr(source, "__getitems__", None)
+        try:
+            return getitems(records) if getitems is not None else [source[i] for i in records]
+        except (RuntimeError, OSError) as e:  # Riegeli / file errors name no file: name it
+            info = getattr(source, "dataset_info", None)
+            where = f"record file {record_files.shard_of(info, self.split, records[0])}" if info else "its records"
+            raise DatasetError(f"{self.name}/{self.split}: cannot read records {records} from {where} "
+                               f"({type(e).__name__}: {str(e)[:300]}). Rebuild the dataset with:\n  "
+                               + rebuild_command(self.name, self.data_dir)) from e
+
     def empty(self) -> dict[str, np.ndarray]:
         s = self.spec
         h, w = s.image_hw
@@ -226,8 +253,7 @@ class ClipLoader:
         s = self.spec
         idx = index.clip_indices(int(key), s.num_frames)
         uniq = sorted(set(int(i) for i in idx))
-        getitems = getattr(source, "__getitems__", None)
-        recs = getitems(uniq) if getitems is not None else [source[i] for i in uniq]
+        recs = self._read(source, uniq)
         by_idx = dict(zip(uniq, recs))
         aug = tr.ClipAugment()
         if s.augment:
@@ -370,7 +396,8 @@ def clip_spec(config, *, train: bool) -> ClipSpec:
     )
 
 
-def _check_index(index: SplitIndex, keys: np.ndarray, spec: ClipSpec, name: str, split: str, skip_invalid: bool):
+def _check_index(index: SplitIndex, keys: np.ndarray, spec: ClipSpec, name: str, split: str, skip_invalid: bool,
+                 num_classes: int | None = None):
     short = index.sequence_length[keys] < spec.num_frames if len(keys) else np.zeros(0, bool)
     if short.any():
         seqs = sorted({index.sequences[int(index.sequence_id[k])]["name"] for k in keys[short]})
@@ -387,7 +414,18 @@ def _check_index(index: SplitIndex, keys: np.ndarray, spec: ClipSpec, name: str,
         k = int(keys[int(np.argmax(nb))])
         raise ValueError(f"{name}/{split}: frame {index.file_name[k]} has {int(nb.max())} boxes, more than "
                          f"config.data.max_boxes = {spec.max_boxes}")
+    if num_classes is not None and len(index.labels) and int(index.labels.max()) >= num_classes:
+        i = int(np.searchsorted(index.box_offset, int(np.argmax(index.labels)), side="right")) - 1
+        raise ValueError(f"{name}/{split}: frame {index.file_name[i]} has a box of category_id "
+                         f"{int(index.labels.max()) + 1}, but config.model.num_classes = {num_classes} allows "
+                         f"category ids 1..{num_classes}")
     return keys
+
+
+def _num_classes(config) -> int | None:
+    model = _cfg_get(config, "model", None)
+    n = _cfg_get(model, "num_classes", None) if model is not None else None
+    return int(n) if n is not None else None
 
 
 def _resolve(config, split, data_dir):
@@ -437,9 +475,11 @@ def make_train_dataset(config, split: str | None = None, *, process_index: int =
         raise ValueError(f"batch_size_per_process must be >= 1, got {batch_size_per_process}")
     seed = int(_cfg_get(config, "seed", 0) if seed is None else seed)
     spec = clip_spec(config, train=True)
-    src, index = open_source(name, split, data_dir, prepare=bool(_cfg_get(config.data, "prepare", True)))
+    skip_invalid = bool(_cfg_get(config.data, "skip_invalid", False))
+    src, index = open_source(name, split, data_dir, prepare=bool(_cfg_get(config.data, "prepare", True)),
+                             skip_invalid=skip_invalid)
     keys = _check_index(index, index.key_frames(_cfg_get(config.data, "key_frames", "annotated")), spec, name,
-                        split, bool(_cfg_get(config.data, "skip_invalid", False)))
+                        split, skip_invalid, _num_classes(config))
     sampler = TrainSampler(keys=keys, batch_size=batch_size_per_process, process_index=process_index,
                            process_count=process_count, seed=seed, shuffle=bool(_cfg_get(config.data, "shuffle", True)))
     if sampler.steps_per_epoch == 0:
@@ -449,7 +489,7 @@ def make_train_dataset(config, split: str | None = None, *, process_index: int =
     total = sampler.steps_per_epoch * (num_epochs if num_epochs is not None else _HUGE_EPOCHS)
     ds = _finish(_Compose(sampler, loader), config, total)
     info = dict(name=name, split=split, num_key_frames=len(keys), steps_per_epoch=sampler.steps_per_epoch,
-                spec=spec, index=index)
+                spec=spec, index=index, fingerprint=dataset_fingerprint(src.dataset_info.metadata, split))
     return ds, info
 
 
@@ -474,10 +514,11 @@ def make_eval_dataset(config, split: str | None = None, *, process_index: int = 
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     spec = clip_spec(config, train=False)
-    src, index = open_source(name, split, data_dir, prepare=bool(_cfg_get(config.data, "prepare", True)))
+    skip_invalid = bool(_cfg_get(config.data, "skip_invalid", False))
+    src, index = open_source(name, split, data_dir, prepare=bool(_cfg_get(config.data, "prepare", True)),
+                             skip_invalid=skip_invalid)
     mode = key_frames or _cfg_get(config.data, "eval_key_frames", "annotated")
-    keys = _check_index(index, index.key_frames(mode), spec, name, split,
-                        bool(_cfg_get(config.data, "skip_invalid", False)))
+    keys = _check_index(index, index.key_frames(mode), spec, name, split, skip_invalid, _num_classes(config))
     sampler = EvalSampler(keys=keys, batch_size=batch_size_per_process, process_index=process_index,
                           process_count=process_count)
     loader = ClipLoader(name, split, data_dir, spec, 0, index=index, source=src)

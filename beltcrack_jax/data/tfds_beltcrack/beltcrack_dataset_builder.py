@@ -21,7 +21,9 @@ record i is `[max(i - k, sequence_start[i]) for k = T-1..0]` (index arithmetic, 
 `info.metadata['splits'][split]` holds the same per-record index (everything except the image bytes) so the
 pipeline and the evaluator can find key frames and ground truth without reading the images.
 Build-time checks = `beltcrack_jax.data.layout.read_layout` (raise on any problem; `skip_invalid=True` builder
-kwarg skips and counts, the counts are in `info.metadata['report']`).
+kwarg skips and counts, the counts are in `info.metadata['report']`). `info.metadata['release_fingerprint']` records
+the release folder the records were built from; `download_and_prepare` on an existing build refuses a release that
+has changed since (`DatasetError` with the command that rebuilds) instead of serving stale records.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
+from beltcrack_jax.data import fingerprint
 from beltcrack_jax.data import layout as layout_lib
+from beltcrack_jax.data.errors import DatasetError, rebuild_command
 
 RELEASES = {"beltcrack14ks": "BeltCrack14ks", "beltcrack9kd": "BeltCrack9kd"}
 SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_demo": "demo", "synthetic_ambiguous": "ambiguous",
@@ -173,6 +177,38 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     # ------------------------------------------------------------------------------------------------------------
+    def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
+        """TFDS' build; an existing build whose release folder changed since is refused, not served stale."""
+        mode = (download_config or tfds.download.DownloadConfig()).download_mode
+        if self.is_prepared() and not tfds.download.GenerateMode(mode).overwrite_dataset:
+            self._refuse_if_release_changed(download_dir, download_config)
+        return super().download_and_prepare(download_dir=download_dir, download_config=download_config, **kwargs)
+
+    def _refuse_if_release_changed(self, download_dir, download_config) -> None:
+        stored = (self.info.metadata or {}).get("release_fingerprint")
+        root = self._existing_release_root(download_dir, download_config)
+        if not stored or root is None:  # built before fingerprints existed, or the release folder is gone
+            return
+        now = fingerprint.release_fingerprint(root)
+        if now["sha256"] != stored["sha256"]:
+            name = f"{self.name}/{self.builder_config.name}"
+            raise DatasetError(
+                f"{name}: the release folder {root} has changed since the records in {self.data_dir} were built "
+                f"({fingerprint.describe_difference(stored, now)}), so they are stale. Check it with "
+                f"`python -m beltcrack_jax.data.validate {root}`, then rebuild with:\n  "
+                + rebuild_command(name, os.fspath(self.data_dir_root), self._skip_invalid))
+
+    def _existing_release_root(self, download_dir, download_config) -> str | None:
+        """The release folder a rebuild would read now (else the one the build read), if it still exists."""
+        cfg = self.builder_config
+        candidates = []
+        if cfg.release is not None:
+            manual = getattr(download_config, "manual_dir", None) or os.path.join(
+                os.fspath(download_dir or os.path.join(os.fspath(self.data_dir_root), "downloads")), "manual")
+            candidates.append(os.path.join(os.fspath(manual), cfg.release))
+        candidates.append((self.info.metadata or {}).get("source_root"))
+        return next((c for c in candidates if c and os.path.isdir(os.path.join(c, "annotations"))), None)
+
     def _release_root(self, dl_manager) -> str:
         cfg = self.builder_config
         if cfg.release is not None:
@@ -200,12 +236,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
         root = self._release_root(dl_manager)
+        release_fp = fingerprint.release_fingerprint(root)  # taken before the checks: what the records come from
         lay = layout_lib.read_layout(root, min_sequence_length=cfg.min_sequence_length,
                                      skip_invalid=self._skip_invalid)
         report = lay.report
         self.info.metadata["source_root"] = root
+        self.info.metadata["release_fingerprint"] = release_fp
         self.info.metadata["report"] = dict(problems=report.counts(), skipped=dict(report.skipped),
-                                            info=dict(report.info), messages=[str(p) for p in report.problems[:500]])
+                                            info=dict(report.info), messages=[str(p) for p in report.problems[:500]],
+                                            dropped_splits=list(report.dropped_splits), notes=list(report.notes))
         if report.problems:
             print(report.format(header=f"beltcrack/{cfg.name}: skipped invalid items (skip_invalid=True)"))
         self.info.metadata["splits"] = {name: _split_index(sp) for name, sp in lay.splits.items()}
@@ -217,8 +256,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for sid, seq in enumerate(split.sequences):
             start = i
             for fr in seq.frames:
-                with open(os.path.join(root, fr.file_name), "rb") as f:
-                    data = f.read()
+                path = os.path.join(root, fr.file_name)
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError as e:  # it passed the checks moments ago: the folder is changing under the build
+                    raise DatasetError(f"{path}: cannot read the frame while writing the records ({e}); it was "
+                                       f"readable when checked. Is the release still being copied, or on a share "
+                                       f"that went away? Run the build again when the folder is complete.") from e
                 if cfg.storage_max_side:
                     data = _shrink(data, cfg.storage_max_side, cfg.storage_jpeg_quality)
                 elif cfg.storage_resize:
