@@ -137,6 +137,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every_steps = 0    # > 0 overrides the epoch interval
     c.train.max_to_keep = 3
     c.train.async_checkpoints = True
+    c.train.allow_data_change = False   # resume even if the dataset fingerprint differs from the checkpoint's
+    c.train.max_nonfinite_skips = 0     # > 0: skip up to N non-finite steps over the run (no update, counted); 0: stop
     c.train.eval_every_epochs = 5    # periodic evaluation hook (reference EvalCallback period)
     c.train.eval_every_steps = 0     # > 0 overrides the epoch interval
     c.train.peak_flops = 0.0         # per-device peak FLOP/s for MFU; 0 = from the device table

@@ -4,16 +4,20 @@ Layout of a workdir:
   <workdir>/config.json              the run's config (written once, before the first step): a later start with a
                                      different config (outside `RUN_CONTROL_KEYS`) is refused, nothing is touched
   <workdir>/checkpoints/<step>/      orbax step folders: state (StandardSave), data_iter (grain per-process JSON),
-                                     config (JsonSave)
+                                     config (JsonSave), dataset (JsonSave: name, split, fingerprint of the records)
+  <workdir>/checkpoints_unreadable/  step folders that could not be restored, moved aside (kept for inspection)
 Restore takes an abstract state carrying the CURRENT mesh's shardings, so a checkpoint written on 4 devices
-restores onto 1 (or 2 processes × 2 devices) and vice versa.
+restores onto 1 (or 2 processes × 2 devices) and vice versa. `restore_latest` falls back from an unreadable newest
+step to the previous good one (with a warning naming it), checks the restored step and refuses a checkpoint of
+another dataset (fingerprint) unless told otherwise. Temp folders of saves killed half-way are removed on start.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import grain
 import jax
@@ -24,7 +28,8 @@ import orbax.checkpoint as ocp
 RUN_CONTROL_KEYS = ("train.log_every_steps", "train.progress_bar", "train.checkpoint_every_steps",
                     "train.checkpoint_every_epochs", "train.eval_every_steps", "train.eval_every_epochs",
                     "train.max_to_keep", "train.num_train_steps", "train.cpu_peak_flops", "train.peak_flops",
-                    "train.async_checkpoints", "eval.")
+                    "train.async_checkpoints", "train.allow_data_change", "train.max_nonfinite_skips",
+                    "data.num_workers", "data.num_threads", "data.prefetch", "data.data_dir", "eval.")
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -66,8 +71,9 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             os.path.join(self.workdir, "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=async_save),
-            item_names=("state", "data_iter", "config"))
+                                                 enable_async_checkpointing=async_save,
+                                                 cleanup_tmp_directories=True),   # leftovers of killed saves
+            item_names=("state", "data_iter", "config", "dataset"))
 
     def _claim_workdir(self) -> None:
         path = os.path.join(self.workdir, "config.json")
@@ -97,15 +103,22 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iter=None, force: bool = True) -> bool:
+    def save(self, step: int, state, data_iter=None, force: bool = True, dataset: dict | None = None) -> bool:
+        """`dataset`: {name, split, fingerprint} of the training records (checked on resume)."""
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(self.config_json)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+        if dataset is not None:
+            items["dataset"] = ocp.args.JsonSave(dict(dataset))
         return self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(os.fspath(self.manager.directory), str(int(step)))
 
     def restore(self, abstract_state, data_iter=None, step: int | None = None):
         """State restored onto the shardings carried by `abstract_state` (jax.ShapeDtypeStruct leaves);
-        `data_iter` (if given) is set to the saved position in place."""
+        `data_iter` (if given) is set to the saved position in place. The restored `state.step` must equal the
+        step of the folder."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.workdir}")
@@ -114,11 +127,80 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:  # orbax raises various types for structure / shape mismatches
+        except Exception as e:  # orbax raises various types for structure / shape mismatches and damaged files
             raise IncompatibleWorkdirError(
-                f"checkpoint {step} in {self.workdir} does not fit the current model/optimiser "
+                f"checkpoint {step} in {self.workdir} does not fit the current model/optimiser or is damaged "
                 f"({type(e).__name__}: {str(e)[:600]})") from e
+        held = int(jax.device_get(restored["state"].step))
+        if held != int(step):
+            raise IncompatibleWorkdirError(f"checkpoint folder {self.step_dir(step)} holds the state of step {held}, "
+                                           f"not {step}: the folder was renamed or mixed with another run")
         return restored["state"]
+
+    def saved_dataset(self, step: int) -> dict | None:
+        """The {name, split, fingerprint} saved with `step`, or None for checkpoints written before it was saved."""
+        if not os.path.isdir(os.path.join(self.step_dir(step), "dataset")):
+            return None
+        return dict(self.manager.restore(int(step), args=ocp.args.Composite(dataset=ocp.args.JsonRestore()))["dataset"])
+
+    def restore_latest(self, abstract_state, data_iter=None, *, dataset: dict | None = None,
+                       allow_data_change: bool = False, warn: Callable[[str], None] = print):
+        """(state, step) of the newest checkpoint that restores. Unreadable newer steps are named in a warning and
+        moved to <workdir>/checkpoints_unreadable/ (so the run can save those steps again). A checkpoint of another
+        dataset (fingerprint) is refused unless `allow_data_change`."""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                stored = self.saved_dataset(step)
+            except Exception as e:  # noqa: BLE001 - unreadable: try the previous step
+                failures.append((step, f"dataset record unreadable ({type(e).__name__}: {str(e)[:200]})"))
+                continue
+            self._check_dataset(step, stored, dataset, allow_data_change, warn)
+            try:
+                state = self.restore(abstract_state, data_iter, step)
+            except IncompatibleWorkdirError as e:
+                failures.append((step, str(e)))
+                continue
+            if failures:
+                warn(f"WARNING: checkpoint step(s) {', '.join(str(s) for s, _ in failures)} in {self.workdir} could "
+                     f"not be restored and were moved to {self._unreadable_dir()}; resuming from step {step}. "
+                     + " | ".join(f"step {s}: {why}" for s, why in failures))
+                self._move_aside([s for s, _ in failures])
+            return state, step
+        detail = " | ".join(f"step {s}: {why}" for s, why in failures)
+        raise IncompatibleWorkdirError(
+            f"no checkpoint in {self.workdir}/checkpoints can be restored; if the model or optimiser changed they "
+            f"do not fit the current model/optimiser (use a new --workdir), otherwise their files are damaged. "
+            f"{detail}")
+
+    def _check_dataset(self, step, stored, current, allow_data_change, warn) -> None:
+        if not stored or not current or stored.get("fingerprint") == current.get("fingerprint"):
+            return
+        what = (f"checkpoint {step} in {self.workdir} was trained on {stored.get('name')}/{stored.get('split')} "
+                f"with fingerprint {str(stored.get('fingerprint'))[:16]}, the current data "
+                f"{current.get('name')}/{current.get('split')} has {str(current.get('fingerprint'))[:16]} (rebuilt, "
+                f"or the release changed)")
+        if allow_data_change:
+            warn(f"WARNING: {what}; resuming anyway (train.allow_data_change=True)")
+            return
+        raise IncompatibleWorkdirError(f"{what}. Resume on the new data with --config.train.allow_data_change=True, "
+                                       f"or use a new --workdir; nothing was changed.")
+
+    def _unreadable_dir(self) -> str:
+        return os.path.join(self.workdir, "checkpoints_unreadable")
+
+    def _move_aside(self, steps: list[int]) -> None:
+        jax.experimental.multihost_utils.sync_global_devices("beltcrack_move_unreadable_start")
+        if jax.process_index() == 0:
+            os.makedirs(self._unreadable_dir(), exist_ok=True)
+            for s in steps:
+                dest = os.path.join(self._unreadable_dir(), str(s))
+                k = 1
+                while os.path.exists(dest):
+                    dest, k = os.path.join(self._unreadable_dir(), f"{s}.{k}"), k + 1
+                shutil.move(self.step_dir(s), dest)
+        jax.experimental.multihost_utils.sync_global_devices("beltcrack_move_unreadable_done")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

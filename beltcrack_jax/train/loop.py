@@ -7,7 +7,11 @@ the latest one (state, EMA counter, optimiser, data-iterator position); a workdi
 Per `log_every_steps`: loss + components, lr, clips/s, frames/s, data-wait share, step time, MFU (compile time is
 logged once, separately) to stdout, `metrics.jsonl` and TensorBoard event files; a progress bar with ETA.
 A non-finite loss stops training with `NonFiniteLossError`; the state is not updated on that step and the last
-checkpoint (written only after its step was checked finite) is left as it was.
+checkpoint (written only after its step was checked finite) is left as it was. With `train.max_nonfinite_skips`
+= N > 0, up to N non-finite steps over the whole run are skipped instead: no update (optimiser, EMA and BN untouched),
+the step counter and the data position move on, each skip is logged and counted (`train/nonfinite_skipped`); every
+step is then checked before the next is started. The dataset fingerprint is saved with every checkpoint; resuming
+on other data is refused unless `train.allow_data_change`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class TrainData:
     iterator: Iterator[Mapping[str, np.ndarray]]
     steps_per_epoch: int
     sample: Mapping[str, np.ndarray]
+    dataset: Mapping[str, Any] | None = None   # {name, split, fingerprint}: saved with checkpoints, checked on resume
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
@@ -134,7 +139,8 @@ def build_train_data(config, process_index: int, process_count: int) -> TrainDat
               "mask": np.zeros((host_bs, m), bool)}
     print(f"train data: {it.info['name']}/{it.info['split']}, {it.info['num_key_frames']} key frames, "
           f"{it.info['steps_per_epoch']} steps/epoch (process {process_index} of {process_count})", flush=True)
-    return TrainData(iterator=it, steps_per_epoch=int(it.info["steps_per_epoch"]), sample=sample)
+    dataset = {k: it.info[k] for k in ("name", "split", "fingerprint")}
+    return TrainData(iterator=it, steps_per_epoch=int(it.info["steps_per_epoch"]), sample=sample, dataset=dataset)
 
 
 def build_eval_hook(config, model, mesh) -> Callable | None:
@@ -229,9 +235,13 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
     latest = ckpt.latest_step()
     if latest is not None:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), state)
-        state = ckpt.restore(abstract, train_data.iterator)
+        state, latest = ckpt.restore_latest(abstract, train_data.iterator, dataset=train_data.dataset,
+                                            allow_data_change=bool(tc.get("allow_data_change", False)), warn=log)
         log(f"resumed from checkpoint step {latest} in {ckpt.workdir} (EMA updates {int(state.ema_updates)})")
     start = int(state.step)
+    # EMA counts real updates only, so step - ema_updates = non-finite steps skipped so far in this run.
+    nonfinite = _NonFinite(int(tc.get("max_nonfinite_skips", 0)), start - int(state.ema_updates))
+    bump_step = jax.jit(lambda s: s + 1, out_shardings=repl)
 
     # ---- compiled step ----------------------------------------------------------------------------------------
     step_fn = make_train_step(model, tx, loss_fn, seed=config.seed, grad_accum=tc.grad_accum,
@@ -281,14 +291,19 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
             interval.data_s += time.perf_counter() - td
             state, metrics = compiled(state, batch)
             step += 1
-            if prev is not None:  # check the previous step while this one runs
-                _check_finite(*prev, last_saved, ckpt)
+            if nonfinite.max_skips > 0:  # decide before the next step starts, so the skipped step is exactly a no-op
+                if nonfinite.check(step, metrics, last_saved, ckpt, log):
+                    state = state.replace(step=bump_step(state.step))
+            elif prev is not None:  # check the previous step while this one runs
+                nonfinite.check(*prev, last_saved, ckpt, log)
             prev = (step, metrics)
 
             is_last = step == total_steps
             if step % tc.log_every_steps == 0 or is_last:
-                _check_finite(step, metrics, last_saved, ckpt)
+                nonfinite.check(step, metrics, last_saved, ckpt, log)
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if nonfinite.max_skips > 0:
+                    m["nonfinite_skipped"] = nonfinite.skipped
                 now = time.perf_counter()
                 n, wall = step - interval.step0, now - interval.t0
                 step_s = wall / max(n, 1)
@@ -304,8 +319,8 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
             else:
                 bar.update(step)
             if step % ckpt_every == 0 or is_last:
-                _check_finite(step, metrics, last_saved, ckpt)
-                ckpt.save(step, state, it)
+                nonfinite.check(step, metrics, last_saved, ckpt, log)
+                ckpt.save(step, state, it, dataset=train_data.dataset)
                 last_saved = step
             if eval_hook is not None and eval_every > 0 and (step % eval_every == 0 or is_last):
                 te = time.perf_counter()
@@ -339,17 +354,37 @@ class _Interval:
     data_s: float = 0.0
 
 
-def _check_finite(step: int, metrics: Mapping[str, jax.Array], last_saved, ckpt: Checkpointer) -> None:
-    if float(metrics["finite"]) > 0:
-        return
-    ckpt.wait()
-    vals = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
-    raise NonFiniteLossError(
-        f"non-finite loss or gradient at step {step} (loss={vals.get('loss')}, grad_norm={vals.get('grad_norm')}, "
-        f"components: {', '.join(f'{k}={v:.4g}' for k, v in vals.items() if k.startswith('loss/'))}). "
-        f"Training stopped; the state was not updated by that step. Last good checkpoint: "
-        f"{'step ' + str(last_saved) if last_saved is not None else 'none'} in {ckpt.workdir}/checkpoints "
-        f"(a restart resumes from it).")
+@dataclasses.dataclass
+class _NonFinite:
+    """Non-finite steps: stop at the first (max_skips = 0), or skip up to max_skips of them over the run."""
+
+    max_skips: int
+    skipped: int            # so far in this run (restored runs included)
+    checked: int = 0        # last step already handled (each step is checked at several points)
+
+    def check(self, step: int, metrics: Mapping[str, jax.Array], last_saved, ckpt: Checkpointer, log) -> bool:
+        """True if `step` was non-finite and is skipped (the caller advances state.step); raises if not allowed."""
+        if step <= self.checked:
+            return False
+        self.checked = step
+        if float(metrics["finite"]) > 0:
+            return False
+        vals = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+        what = (f"non-finite loss or gradient at step {step} (loss={vals.get('loss')}, "
+                f"grad_norm={vals.get('grad_norm')}, components: "
+                f"{', '.join(f'{k}={v:.4g}' for k, v in vals.items() if k.startswith('loss/'))})")
+        if self.skipped < self.max_skips:
+            self.skipped += 1
+            log(f"WARNING: {what}: update skipped, {self.skipped} of train.max_nonfinite_skips = {self.max_skips} "
+                f"used")
+            return True
+        ckpt.wait()
+        limit = (f"train.max_nonfinite_skips = {self.max_skips} skips are used up" if self.max_skips else
+                 "set --config.train.max_nonfinite_skips=N to skip up to N such steps (counted) instead")
+        raise NonFiniteLossError(
+            f"{what}. Training stopped; the state was not updated by that step. Last good checkpoint: "
+            f"{'step ' + str(last_saved) if last_saved is not None else 'none'} in {ckpt.workdir}/checkpoints "
+            f"(a restart resumes from it; {limit}).")
 
 
 def _flops(compiled) -> float:
