@@ -5,6 +5,8 @@ Multi-host: start one process per host with --coordinator_address/--num_processe
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables, or a SLURM allocation).
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,10 +24,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax/absl INFO chatter off unless --verbosity is given
         logging.set_verbosity(logging.WARNING)
-    from beltcrack_jax.train.loop import maybe_initialize_distributed, train_and_evaluate
+    from beltcrack_jax.data.errors import DatasetError
+    from beltcrack_jax.data.problems import LayoutError
+    from beltcrack_jax.train.checkpoint import IncompatibleWorkdirError
+    from beltcrack_jax.train.loop import NonFiniteLossError, maybe_initialize_distributed, train_and_evaluate
 
     maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value, _LOCAL_DEV.value)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (LayoutError, DatasetError, IncompatibleWorkdirError, NonFiniteLossError) as e:
+        # These messages name the file / step and the fix; a traceback would only bury them.
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
