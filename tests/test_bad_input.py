@@ -763,3 +763,19 @@ def test_synthetic_cli_refuses_a_used_out_folder(tmp_path, capsys):
     (tmp_path / "home" / "notes.txt").write_text("mine")
     assert synthetic.main(["--preset", "tiny", "--out", str(tmp_path / "home"), "--overwrite"]) == 2
     assert (tmp_path / "home" / "notes.txt").exists()                  # never deletes what is not a release
+
+
+# ------------------------------------------------------------------------------------------------ train.py
+def test_train_py_prints_the_release_problem_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    d = str(tmp_path / "tfds")
+    root = manual_release(d)
+    edit(root, lambda c: c["annotations"][0].update(bbox="8512"))
+    out = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                          f"--config.data.name={NAME}", f"--config.data.data_dir={d}", "--config.data.num_workers=0"],
+                         cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 1
+    assert "error: invalid BeltCrack release layout" in out.stderr and "annotations[0].bbox" in out.stderr
+    assert "Traceback" not in out.stderr
