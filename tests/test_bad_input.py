@@ -363,6 +363,12 @@ def extension_upper_case_on_disk(root):
     return [frame(root, "train/seq_a/3.jpg"), "'3.JPG' exists", "case-sensitive"]
 
 
+@fault("missing_frame", problems=2)   # + empty_split: the test split has no frames left, which is true
+def split_folder_case_differs(root):
+    os.rename(frame(root, "test"), frame(root, "Test"))
+    return [frame(root, "test/seq_c"), "'Test' exists", "case-sensitive"]
+
+
 @fault("missing_frame")
 def sequence_folder_missing(root):
     shutil.rmtree(frame(root, "train/seq_b"))  # one problem for the folder, not six
@@ -404,9 +410,16 @@ def jpeg_tail_zero_filled(root):
 
 
 @fault("corrupt_image")
+def jpeg_cut_just_before_its_end_marker(root):
+    p = frame(root, "train/seq_b/2.jpg")
+    write_bytes(p, open(p, "rb").read()[:-2])
+    return [p, "truncated"]
+
+
+@fault("corrupt_image")
 def not_an_image(root):
     write_bytes(frame(root, "train/seq_b/2.jpg"), b"<html>404 Not Found</html>")
-    return [frame(root, "train/seq_b/2.jpg"), "cannot decode"]
+    return [frame(root, "train/seq_b/2.jpg"), "not an image file", "<html>404"]
 
 
 @fault("bad_image_mode")
@@ -574,7 +587,8 @@ def test_skip_of_a_rejected_entry_keeps_its_file_as_an_unannotated_frame(tmp_pat
 
 def test_readable_variants_are_not_problems(tmp_path):
     """What real exports contain and is fine: a BOM and CRLF line ends, backslashes and './' in file names,
-    integral float ids and sizes, null optional fields, grey / CMYK / RGBA frames, a PNG inside a .jpg."""
+    integral float ids and sizes, null optional fields, grey / CMYK / RGBA frames, a PNG inside a .jpg, bytes
+    appended after a JPEG's end marker."""
     root = make_release(tmp_path)
     coco = load(root)
     coco["images"][0]["file_name"] = "train\\seq_a\\0.jpg"
@@ -586,6 +600,8 @@ def test_readable_variants_are_not_problems(tmp_path):
     write_bytes(frame(root, "train/seq_b/0.jpg"), encode(Image.new("L", (64, 48), 90), "JPEG"))
     write_bytes(frame(root, "train/seq_b/1.jpg"), encode(Image.new("CMYK", (64, 48), (0, 50, 90, 10)), "JPEG"))
     write_bytes(frame(root, "train/seq_b/2.jpg"), encode(Image.new("RGBA", (64, 48), (5, 6, 7, 255)), "PNG"))
+    with open(frame(root, "train/seq_b/3.jpg"), "ab") as f:
+        f.write(b"camera trailer after the end-of-image marker")
     lay = L.read_layout(root)
     assert lay.report.ok, lay.report.format()
     names = frames_by_name(lay)

@@ -51,6 +51,9 @@ def check_frame_file(path: str, full_decode: bool = True) -> FrameCheck:
         bad_mode = mode_problem(img)
         if bad_mode is None and full_decode:
             img.load()  # raises on truncated / corrupt entropy-coded data
+    except Image.UnidentifiedImageError:
+        return FrameCheck("corrupt_image", f"not an image file PIL can read; it starts with {data[:24]!r} "
+                                           f"({len(data)} bytes)")
     except Exception as e:  # noqa: BLE001 - any decoder failure means the file is unusable
         if "truncat" in str(e).lower():
             return FrameCheck("corrupt_image", f"truncated: the file ends before the image data does (an "
@@ -58,7 +61,15 @@ def check_frame_file(path: str, full_decode: bool = True) -> FrameCheck:
         return FrameCheck("corrupt_image", f"cannot decode ({type(e).__name__}: {e}); {len(data)} bytes")
     if bad_mode is not None:
         return FrameCheck("bad_image_mode", bad_mode, size, fmt)
-    # A copy cut short (or zero-filled at the end) may still decode: the end-of-image marker must be there.
-    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return FrameCheck("corrupt_image", f"truncated JPEG (no end-of-image marker at the end; {len(data)} bytes)")
+    if fmt == "JPEG" and not _jpeg_complete(data):
+        return FrameCheck("corrupt_image", f"truncated JPEG: no end-of-image marker after the image data "
+                                           f"({len(data)} bytes; a copy cut short or zero-filled at the end)")
     return FrameCheck(None, "", (int(size[0]), int(size[1])), fmt)
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """A copy cut short (or zero-filled at the end) may still decode, so look for the end-of-image marker after
+    the last start-of-scan. Entropy-coded data never holds 0xFFD9 (0xFF is stuffed as 0xFF00), so a marker there
+    is the real end, and bytes some cameras append after it are no reason to refuse the frame."""
+    sos = data.rfind(b"\xff\xda")
+    return sos >= 0 and data.find(b"\xff\xd9", sos + 2) >= 0

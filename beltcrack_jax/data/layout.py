@@ -325,8 +325,8 @@ def _parse_images(images: list, ctx: _Ctx) -> tuple[dict[int, _Entry], set[int],
     rejected_ids: set[int] = set()
     meant_ids: set[int] = set()
     rejected_raw: set[str] = set()
-    id_count: collections.Counter = collections.Counter()
-    name_count: collections.Counter = collections.Counter()
+    id_at: dict[int, list[int]] = collections.defaultdict(list)     # id -> indices of the entries using it
+    name_at: dict[str, list[int]] = collections.defaultdict(list)
     for k, im in enumerate(images):
         where = f"images[{k}]"
         if not isinstance(im, dict):
@@ -337,7 +337,7 @@ def _parse_images(images: list, ctx: _Ctx) -> tuple[dict[int, _Entry], set[int],
         raw_id = im.get("id", F.MISSING)
         try:
             iid = F.image_id(raw_id)
-            id_count[iid] += 1
+            id_at[iid].append(k)
         except F.FieldError as e:
             ctx.add("bad_entry", f"id {e}", f"{where}.id")
             iid, ok = None, False
@@ -377,16 +377,22 @@ def _parse_images(images: list, ctx: _Ctx) -> tuple[dict[int, _Entry], set[int],
                 rejected_ids.add(iid)
             continue
         tag = im.get("sequence")
-        name_count[name] += 1
+        name_at[name].append(k)
         parsed.append(_Entry(iid, name, posixpath.dirname(name), paths.frame_number(name), size["width"],
                              size["height"], tag if isinstance(tag, str) else None))
-    dup_ids = {i for i, c in id_count.items() if c > 1}
-    dup_names = {n for n, c in name_count.items() if c > 1}
+    dup_ids = {i for i, at in id_at.items() if len(at) > 1}
+    dup_names = {n for n, at in name_at.items() if len(at) > 1}
+
+    def entries_at(at):
+        return ", ".join(f"images[{k}]" for k in at[:5]) + (" ..." if len(at) > 5 else "")
+
     for i in sorted(dup_ids):
-        ctx.add("duplicate_image_id", f"image id {i} is used by {id_count[i]} image entries; expected unique ids")
+        ctx.add("duplicate_image_id", f"image id {i} is used by {len(id_at[i])} image entries ({entries_at(id_at[i])})"
+                                      f"; expected unique ids")
     for n in sorted(dup_names):
-        ctx.add("duplicate_file_name", f"file_name {n!r} is listed by {name_count[n]} image entries "
-                                       f"(after normalising slashes); expected each frame once")
+        ctx.add("duplicate_file_name", f"file_name {n!r} is listed by {len(name_at[n])} image entries "
+                                       f"({entries_at(name_at[n])}, after normalising slashes); expected each "
+                                       f"frame once")
     entries: dict[int, _Entry] = {}
     for e in parsed:
         if e.image_id in dup_ids or e.file_name in dup_names:
@@ -443,7 +449,7 @@ def _parse_annotations(anns: list, ctx: _Ctx, entries: dict[int, _Entry], reject
         try:
             cat = F.category_id(a.get("category_id", 1))
             if cat not in cat_ids:
-                raise F.FieldError(f"is {cat}, which 'categories' does not list (ids {sorted(cat_ids)})")
+                raise F.FieldError(f"is {cat}, which 'categories' does not list; expected one of {sorted(cat_ids)}")
         except F.FieldError as e:
             ctx.add("bad_category", f"category_id {e}", f"{where}.category_id")
             invalid_gt.add(iid)

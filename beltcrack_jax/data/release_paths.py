@@ -68,15 +68,18 @@ def frame_number(name: str) -> int:
 
 def missing_folder_hint(root: str, folder: str, split: str) -> str:
     """A likely explanation for a sequence folder that does not exist ('' if none is found)."""
-    parent, base = posixpath.split(folder)
-    full_parent = os.path.join(root, parent)
-    if os.path.isdir(full_parent):
-        try:
-            same = [e for e in os.listdir(full_parent) if e.lower() == base.lower() and e != base]
-        except OSError:
-            same = []
-        if same:
-            return f" (a folder named '{same[0]}' exists: names are case-sensitive)"
+    here = root
+    for part in folder.split("/"):  # the first missing component: another case of it exists?
+        if not os.path.isdir(os.path.join(here, part)):
+            try:
+                same = [e for e in os.listdir(here) if e.lower() == part.lower() and e != part]
+            except OSError:
+                same = []
+            if same:
+                return (f" (a folder named '{same[0]}' exists in {here} where the json says '{part}': names are "
+                        f"case-sensitive)")
+            break
+        here = os.path.join(here, part)
     if os.path.isdir(os.path.join(root, split, folder)):
         return (f" (but {os.path.join(root, split, folder)} exists: file_name must be relative to the release root, "
                 f"e.g. '{split}/{folder}/<n>.jpg')")
