@@ -58,8 +58,9 @@ def describe_difference(stored: dict, current: dict, max_items: int = 8) -> str:
     for label, items in (("changed", changed), ("new", added), ("gone", removed)):
         if items:
             out.append(f"{label}: {', '.join(items[:max_items])}{' ...' if len(items) > max_items else ''}")
-    files = f"{stored.get('files')} -> {current.get('files')} files, {stored.get('bytes')} -> {current.get('bytes')} bytes"
-    return ("; ".join(out) or "contents differ") + f" ({files})"
+    counts = (f"files {stored.get('files')} -> {current.get('files')}, "
+              f"bytes {stored.get('bytes')} -> {current.get('bytes')}")
+    return ("; ".join(out) or "contents differ") + f" ({counts})"
 
 
 def dataset_fingerprint(metadata, split: str) -> str:
@@ -67,6 +68,7 @@ def dataset_fingerprint(metadata, split: str) -> str:
     md = dict(metadata or {})
     index = (md.get("splits") or {}).get(split)
     if index is None:
-        raise ValueError(f"split {split!r} is not in the dataset's metadata (available: {sorted(md.get('splits') or [])})")
+        raise ValueError(f"split {split!r} is not in the dataset's metadata "
+                         f"(available: {sorted(md.get('splits') or [])})")
     release = (md.get("release_fingerprint") or {}).get("sha256", "")
     return _sha(json.dumps({"split": split, "index": index, "release": release}, sort_keys=True, default=str))

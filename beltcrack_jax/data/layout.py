@@ -16,6 +16,8 @@ the bad items and counts them in `Layout.report`. These are the only checks: the
 builder (hence the training pipeline's build) call them. The problem codes, what each means and what a skip
 drops are listed in `beltcrack_jax.data.problems.PROBLEMS`. One fault gives one problem: the annotations of a
 rejected image entry, or the frames of a missing sequence folder, are counted, not reported again one by one.
+The json of a split is read by `coco_entries`; this module checks the folders and frame files and cuts the
+sequences into contiguous segments.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from beltcrack_jax.data import coco_fields as F
+from beltcrack_jax.data import coco_entries
 from beltcrack_jax.data import release_paths as paths
 from beltcrack_jax.data.frame_check import check_frame_file
 from beltcrack_jax.data.problems import PROBLEM_KINDS, PROBLEMS, LayoutError, Problem, Report  # noqa: F401
 
 FRAME_NAME = paths.FRAME_NAME
-TAG_KEYS = ("view", "light", "weather", "speed")
+TAG_KEYS = coco_entries.TAG_KEYS
 
 
 @dataclasses.dataclass
@@ -111,20 +113,6 @@ def validate(root: str | os.PathLike, **kwargs) -> Report:
     return read_layout(root, skip_invalid=True, **kwargs).report
 
 
-@dataclasses.dataclass(frozen=True)
-class _Ctx:
-    """Where the checks of one split are: the release root (as given and resolved), the split and its json."""
-
-    root: str
-    root_real: str
-    split: str
-    json_path: str
-    report: Report
-
-    def add(self, kind: str, message: str, where: str = "", path: str | None = None) -> None:
-        self.report.add(kind, self.json_path if path is None else path, message, where)
-
-
 def _read(root, min_len, check_images, full_decode, num_threads, only_splits) -> Layout:
     report = Report(root=root)
     ann_root = os.path.join(root, "annotations")
@@ -182,24 +170,25 @@ def _note_unreferenced_folders(root: str, referenced: set[str], report: Report) 
 
 def _read_split(root, root_real, split, report, min_len, check_images, full_decode, pool, referenced) -> Split | None:
     ann_dir = os.path.join(root, "annotations", split)
-    json_path, why = _find_json(ann_dir)
+    json_path, why = coco_entries.find_json(ann_dir)
     if json_path is None:
         report.add("bad_json", ann_dir, why)
         report.skipped["splits"] += 1
         return None
-    ctx = _Ctx(root, root_real, split, json_path, report)
-    coco, why = _load_json(json_path)
+    ctx = coco_entries.SplitContext(root, root_real, split, json_path, report)
+    coco, why = coco_entries.load_json(json_path)
     if coco is None:
         ctx.add("bad_json", why)
         report.skipped["splits"] += 1
         return None
-    cat_ids = _category_ids(coco, ctx)
+    cat_ids = coco_entries.category_ids(coco, ctx)
     if cat_ids is None:
         report.skipped["splits"] += 1
         return None
-    tags_by_name = _sequence_tags(coco, ctx)
-    entries, rejected_ids, rejected_raw = _parse_images(coco["images"], ctx)
-    boxes_by_id, invalid_gt = _parse_annotations(coco["annotations"], ctx, entries, rejected_ids, rejected_raw, cat_ids)
+    tags_by_name = coco_entries.sequence_tags(coco, ctx)
+    entries, rejected_ids, rejected_raw = coco_entries.parse_images(coco["images"], ctx)
+    boxes_by_id, invalid_gt = coco_entries.parse_annotations(coco["annotations"], ctx, entries, rejected_ids,
+                                                             rejected_raw, cat_ids)
     seq_frames, dropped = _collect_frames(ctx, entries, tags_by_name)
     referenced.update(seq_frames)
     frames_all = [fr for seq in seq_frames.values() for fr in seq.values()]
@@ -214,277 +203,8 @@ def _read_split(root, root_real, split, report, min_len, check_images, full_deco
     return Split(name=split, json_path=json_path, sequences=sequences)
 
 
-def _find_json(ann_dir: str) -> tuple[str | None, str]:
-    p = os.path.join(ann_dir, "coco.json")
-    if os.path.isfile(p):
-        return p, ""
-    cands = sorted(f for f in os.listdir(ann_dir) if f.endswith(".json"))
-    if len(cands) == 1:
-        return os.path.join(ann_dir, cands[0]), ""
-    found = f"found {cands}" if cands else "found none"
-    return None, f"expected coco.json (or exactly one *.json) in this folder; {found}"
-
-
-def _load_json(path: str) -> tuple[dict | None, str]:
-    """The COCO dict, or None and why not. UTF-8 (with or without BOM), UTF-16/32 and CRLF line ends are fine."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return None, f"cannot read the file ({type(e).__name__}: {e})"
-    if not data.strip():
-        return None, "empty file: expected a COCO json object"
-    try:
-        coco = json.loads(data)  # detects the UTF encoding and skips a byte-order mark
-    except UnicodeDecodeError as e:
-        return None, f"not UTF-8/16/32 text ({e}); save the json as UTF-8"
-    except json.JSONDecodeError as e:
-        cut = " - the file ends early (truncated copy?)" if e.pos >= len(data.rstrip()) - 1 else ""
-        return None, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}{cut}"
-    if not isinstance(coco, dict):
-        return None, f"the top level is {F.describe(coco)[:40]}...; expected a COCO object {{images, annotations, ...}}"
-    for key in ("images", "annotations"):
-        if key not in coco:
-            extra = ' (a split without boxes must still say "annotations": [])' if key == "annotations" else ""
-            return None, f"has no {key!r} list; expected a COCO object with 'images' and 'annotations'{extra}"
-        if not isinstance(coco[key], list):
-            return None, f"{key!r} is {F.describe(coco[key])}; expected a list"
-    return coco, ""
-
-
-def _category_ids(coco: dict, ctx: _Ctx) -> set[int] | None:
-    """Category ids the annotations may use ({1} when the json lists none); None if 'categories' is unusable."""
-    cats = coco.get("categories", [])
-    if cats is None:
-        cats = []
-    if not isinstance(cats, list):
-        ctx.add("bad_json", f"'categories' is {F.describe(cats)}; expected a list of {{id, name}} objects")
-        return None
-    ids = set()
-    for k, c in enumerate(cats):
-        raw = c.get("id", F.MISSING) if isinstance(c, dict) else c
-        try:
-            if not isinstance(c, dict):
-                raise F.FieldError(f"is {F.describe(c)}; expected an object {{id, name}}")
-            ids.add(F.category_id(raw))
-        except F.FieldError as e:
-            ctx.add("bad_entry", f"{'id ' if isinstance(c, dict) else ''}{e}", f"categories[{k}]"
-                    + (".id" if isinstance(c, dict) else ""))
-    return ids or {1}
-
-
-def _sequence_tags(coco: dict, ctx: _Ctx) -> dict[str, dict[str, str]]:
-    seqs = coco.get("sequences", [])
-    if seqs is None:
-        return {}
-    if not isinstance(seqs, list):
-        ctx.add("bad_entry", f"is {F.describe(seqs)}; expected a list of {{name, view, light, weather, speed}}",
-                "sequences")
-        return {}
-    out = {}
-    for k, s in enumerate(seqs):
-        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
-            got = F.describe(s.get("name", F.MISSING)) if isinstance(s, dict) else F.describe(s)
-            ctx.add("bad_entry", f"is {got}; expected an object with a string 'name' (its tags are not used)",
-                    f"sequences[{k}]" + (".name" if isinstance(s, dict) else ""))
-            continue
-        tags = {}
-        for key in TAG_KEYS:
-            v = s.get(key)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                ctx.add("bad_entry", f"is {F.describe(v)}; expected a string or a number (tag left out)",
-                        f"sequences[{k}].{key}")
-                continue
-            tags[key] = str(v)
-        out[s["name"]] = tags
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    """An accepted image entry."""
-
-    image_id: int
-    file_name: str      # normalised, relative to ROOT
-    sequence: str       # directory part of file_name
-    number: int         # n of <n>.jpg
-    width: int          # 0 = not given
-    height: int
-    tag_name: str | None
-
-
-def _parse_images(images: list, ctx: _Ctx) -> tuple[dict[int, _Entry], set[int], set[str]]:
-    """-> (accepted entries by id, ids of rejected entries, json keys of ids that could not be read).
-
-    The rejected ids include what an unreadable id most likely meant ('4', [4]), so that the annotations naming
-    it are recognised as belonging to the rejected entry instead of being reported again as unknown ids."""
-    report = ctx.report
-    parsed: list[_Entry] = []
-    rejected_ids: set[int] = set()
-    meant_ids: set[int] = set()
-    rejected_raw: set[str] = set()
-    id_at: dict[int, list[int]] = collections.defaultdict(list)     # id -> indices of the entries using it
-    name_at: dict[str, list[int]] = collections.defaultdict(list)
-    for k, im in enumerate(images):
-        where = f"images[{k}]"
-        if not isinstance(im, dict):
-            ctx.add("bad_entry", f"is {F.describe(im)}; expected an object {{id, file_name, width, height}}", where)
-            report.skipped["image_entries"] += 1
-            continue
-        ok = True
-        raw_id = im.get("id", F.MISSING)
-        try:
-            iid = F.image_id(raw_id)
-            id_at[iid].append(k)
-        except F.FieldError as e:
-            ctx.add("bad_entry", f"id {e}", f"{where}.id")
-            iid, ok = None, False
-            rejected_raw.add(F.value_key(raw_id))
-            if F.intended_int(raw_id) is not None:
-                meant_ids.add(F.intended_int(raw_id))
-        label = f"{where}.file_name" + (f" (image id {iid})" if iid is not None else "")
-        try:
-            name = paths.normalise(F.text(im.get("file_name", F.MISSING),
-                                          expected="a string '<sequence dir>/<n>.jpg'"))
-            escape = paths.escape_problem(name)
-            if escape:
-                ctx.add("path_escape", f"file_name {im['file_name']!r} {escape}", label)
-                ok = False
-            else:
-                bad = paths.frame_name_problem(name)
-                if bad:
-                    ctx.add("bad_file_name", f"file_name {im['file_name']!r} {bad}", label)
-                    ok = False
-        except F.FieldError as e:
-            ctx.add("bad_entry", f"file_name {e}", label)
-            name, ok = None, False
-        size = {}
-        for key in ("width", "height"):
-            v = im.get(key)
-            if v is None:  # absent: the size is taken from the frame file
-                size[key] = 0
-                continue
-            try:
-                size[key] = F.frame_size(v)
-            except F.FieldError as e:
-                ctx.add("bad_entry", f"{key} {e}", f"{where}.{key}")
-                ok = False
-        if not ok:
-            report.skipped["image_entries"] += 1
-            if iid is not None:
-                rejected_ids.add(iid)
-            continue
-        tag = im.get("sequence")
-        name_at[name].append(k)
-        parsed.append(_Entry(iid, name, posixpath.dirname(name), paths.frame_number(name), size["width"],
-                             size["height"], tag if isinstance(tag, str) else None))
-    dup_ids = {i for i, at in id_at.items() if len(at) > 1}
-    dup_names = {n for n, at in name_at.items() if len(at) > 1}
-
-    def entries_at(at):
-        return ", ".join(f"images[{k}]" for k in at[:5]) + (" ..." if len(at) > 5 else "")
-
-    for i in sorted(dup_ids):
-        ctx.add("duplicate_image_id", f"image id {i} is used by {len(id_at[i])} image entries ({entries_at(id_at[i])})"
-                                      f"; expected unique ids")
-    for n in sorted(dup_names):
-        ctx.add("duplicate_file_name", f"file_name {n!r} is listed by {len(name_at[n])} image entries "
-                                       f"({entries_at(name_at[n])}, after normalising slashes); expected each "
-                                       f"frame once")
-    entries: dict[int, _Entry] = {}
-    for e in parsed:
-        if e.image_id in dup_ids or e.file_name in dup_names:
-            report.skipped["image_entries"] += 1
-            rejected_ids.add(e.image_id)
-            continue
-        entries[e.image_id] = e
-    rejected_ids |= dup_ids | (meant_ids - set(entries))
-    return entries, rejected_ids, rejected_raw
-
-
-def _parse_annotations(anns: list, ctx: _Ctx, entries: dict[int, _Entry], rejected_ids: set[int],
-                       rejected_raw: set[str], cat_ids: set[int]):
-    """-> (boxes by image id: [(xywh, label, where)], image ids whose ground truth is unusable)."""
-    report = ctx.report
-    boxes_by_id: dict[int, list] = collections.defaultdict(list)
-    invalid_gt: set[int] = set()
-    by_ann_id: dict[int, tuple] = {}
-    by_box: dict[tuple, int] = {}
-    for k, a in enumerate(anns):
-        where = f"annotations[{k}]"
-        if not isinstance(a, dict):
-            ctx.add("bad_entry", f"is {F.describe(a)}; expected an object {{id, image_id, category_id, bbox}}",
-                    where)
-            report.skipped["annotations"] += 1
-            continue
-        raw_iid = a.get("image_id", F.MISSING)
-        try:
-            iid = F.image_id(raw_iid)
-        except F.FieldError as e:
-            if F.value_key(raw_iid) not in rejected_raw:
-                ctx.add("bad_entry", f"image_id {e}", f"{where}.image_id")
-                meant = F.intended_int(raw_iid)
-                if meant in entries:  # the frame it most likely belongs to lost a box: its ground truth is partial
-                    invalid_gt.add(meant)
-            else:  # its image entry was rejected for this very id: already reported there
-                report.info["annotations_of_rejected_images"] += 1
-            report.skipped["annotations"] += 1
-            continue
-        if iid in rejected_ids:  # the image entry was reported and skipped; its annotations go with it
-            report.info["annotations_of_rejected_images"] += 1
-            report.skipped["annotations"] += 1
-            continue
-        if iid not in entries:
-            ctx.add("unknown_image_id", f"annotation for image id {iid}, which no entry of 'images' has", where)
-            report.skipped["annotations"] += 1
-            continue
-        try:
-            aid = F.annotation_id(a["id"]) if a.get("id") is not None else None
-        except F.FieldError as e:
-            ctx.add("bad_entry", f"id {e}", f"{where}.id")
-            invalid_gt.add(iid)
-            continue
-        try:
-            cat = F.category_id(a.get("category_id", 1))
-            if cat not in cat_ids:
-                raise F.FieldError(f"is {cat}, which 'categories' does not list; expected one of {sorted(cat_ids)}")
-        except F.FieldError as e:
-            ctx.add("bad_category", f"category_id {e}", f"{where}.category_id")
-            invalid_gt.add(iid)
-            continue
-        try:
-            box = F.box_xywh(a.get("bbox", F.MISSING))
-        except F.FieldError as e:
-            ctx.add("bad_box", f"bbox {e}", f"{where}.bbox")
-            invalid_gt.add(iid)
-            continue
-        content = (iid, box, cat)
-        if aid is not None:
-            if aid in by_ann_id:
-                j, first = by_ann_id[aid]
-                if first == content:
-                    ctx.add("duplicate_annotation", f"annotation id {aid} repeats annotations[{j}] exactly "
-                                                    f"(the copy is dropped); expected unique ids", where)
-                    report.skipped["annotations"] += 1
-                else:
-                    ctx.add("duplicate_annotation", f"annotation id {aid} is also used by annotations[{j}] with "
-                                                    f"other contents; expected unique ids", where)
-                    invalid_gt.update({iid, first[0]})
-                continue
-            by_ann_id[aid] = (k, content)
-        if content in by_box:
-            ctx.add("duplicate_box", f"image id {iid} already has this box {list(box)} (annotations[{by_box[content]}]"
-                                     f"); the copy is dropped", where)
-            report.skipped["annotations"] += 1
-            continue
-        by_box[content] = k
-        boxes_by_id[iid].append((box, cat - 1, where))
-    return boxes_by_id, invalid_gt
-
-
-def _collect_frames(ctx: _Ctx, entries: dict[int, _Entry], tags_by_name) -> tuple[dict, dict]:
+def _collect_frames(ctx: coco_entries.SplitContext, entries: dict[int, coco_entries.ImageEntry],
+                    tags_by_name) -> tuple[dict, dict]:
     """json-listed frames plus frames found on disk, per sequence folder -> (frames, dropped frame numbers)."""
     report, root = ctx.report, ctx.root
     seq_frames: dict[str, dict[int, Frame]] = collections.defaultdict(dict)
@@ -538,7 +258,8 @@ def _collect_frames(ctx: _Ctx, entries: dict[int, _Entry], tags_by_name) -> tupl
     return seq_frames, dropped
 
 
-def _check_frame_files(ctx: _Ctx, frames_all, dropped, invalid_gt, check_images, full_decode, pool) -> None:
+def _check_frame_files(ctx: coco_entries.SplitContext, frames_all, dropped, invalid_gt, check_images, full_decode,
+                       pool) -> None:
     """Existence, location and (check_images) decodability / mode / size of every frame not already dropped."""
     report, root = ctx.report, ctx.root
     todo = [fr for fr in frames_all if fr.number not in dropped[posixpath.dirname(fr.file_name)]]
@@ -582,8 +303,8 @@ def _check_frame_files(ctx: _Ctx, frames_all, dropped, invalid_gt, check_images,
     report.info["frames_checked" if check_images else "frames_not_checked"] += len(todo)
 
 
-def _attach_boxes(ctx: _Ctx, frames_all, boxes_by_id, invalid_gt) -> None:
-    """Boxes onto their frames (geometry checked against the frame size); frames with bad ground truth -> unannotated."""
+def _attach_boxes(ctx: coco_entries.SplitContext, frames_all, boxes_by_id, invalid_gt) -> None:
+    """Boxes onto their frames (geometry checked against the frame size); bad ground truth -> frame unannotated."""
     frame_by_id = {fr.image_id: fr for fr in frames_all if fr.annotated}
     for iid, items in boxes_by_id.items():
         fr = frame_by_id[iid]
@@ -624,7 +345,7 @@ def _format_ranges(ranges: list[tuple[int, int]]) -> str:
     return s + (f", ... ({len(ranges)} ranges)" if len(ranges) > 10 else "")
 
 
-def _sequences(ctx: _Ctx, seq_frames, dropped, entries, tags_by_name, min_len) -> list[Sequence]:
+def _sequences(ctx: coco_entries.SplitContext, seq_frames, dropped, entries, tags_by_name, min_len) -> list[Sequence]:
     """Contiguous segments of usable frames per sequence folder, at least `min_len` long."""
     report, root = ctx.report, ctx.root
     sequences = []
