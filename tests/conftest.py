@@ -16,27 +16,22 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 import pathlib  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from golden_codec import GoldenFile  # noqa: E402
 
-GOLDEN_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
-
-@pytest.fixture(scope="session")
-def golden_dir() -> pathlib.Path:
-    if not GOLDEN_DIR.is_dir():
-        pytest.skip(f"golden data folder {GOLDEN_DIR} is absent (it ships in ../shared/golden beside the repo)")
-    return GOLDEN_DIR
+# The goldens the tests read, in the repository (a compact lossless subset of ../shared/golden, see
+# tests/golden/README.md), so a plain clone checks parity.
+GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / "golden"
 
 
 @pytest.fixture(scope="session")
-def golden(golden_dir):
-    """Lazily opened golden npz files: golden('modules_io')['key']."""
+def golden():
+    """Golden files by name, opened once: golden('modules_io')['key'], .files, dict(...)."""
     cache = {}
 
-    def load(name: str):
+    def load(name: str) -> GoldenFile:
         if name not in cache:
-            cache[name] = np.load(golden_dir / f"{name}.npz")
+            cache[name] = GoldenFile(GOLDEN_DIR / f"{name}.npz")
         return cache[name]
 
     return load

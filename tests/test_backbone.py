@@ -37,9 +37,9 @@ def rel_err(a, ref):
 
 
 @pytest.fixture(scope="module")
-def state_dict(golden_dir):
-    with np.load(golden_dir / "reference_state_dict.npz") as f:
-        return {k: f[k] for k in f.files if k.startswith(("backbone.", "neck.conv_cur."))}
+def state_dict(golden):
+    f = golden("reference_state_dict")
+    return {k: f[k] for k in f.files if k.startswith(("backbone.", "neck.conv_cur."))}
 
 
 def golden_backbone(state_dict, x):

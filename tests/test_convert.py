@@ -20,9 +20,8 @@ def fake_variables(abstract, seed=0):
 
 
 @pytest.fixture(scope="module")
-def golden_sd(golden_dir):
-    with np.load(golden_dir / "reference_state_dict.npz") as f:
-        return {k: f[k] for k in f.files}
+def golden_sd(golden):
+    return dict(golden("reference_state_dict"))
 
 
 @pytest.fixture(scope="module")

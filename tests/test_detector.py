@@ -47,10 +47,10 @@ def tiny_clips(b=2, t=5, seed=0):
 
 # ------------------------------------------------------------------------------------------------- golden
 
-def test_full_forward_golden(golden, golden_dir):
+def test_full_forward_golden(golden):
     """The whole network with the golden weights on the golden clip equals the reference's float64 output
     (and the captured stage outputs, so a failure is localised)."""
-    variables = load_reference_state_dict(golden_dir / "reference_state_dict.npz")
+    variables = load_reference_state_dict(golden("reference_state_dict"))
     model = build_model(load_config_file(str(CONFIGS / "default.py")))
     io = golden("reference_io")
     clips = io["input_BCTHW"].transpose(0, 2, 3, 4, 1)                     # NCTHW -> NTHWC

@@ -8,10 +8,10 @@ from beltcrack_jax.convert import flatten, map_state_dict
 from beltcrack_jax.models.head import YOLOXHead
 
 
-def test_head_rect_golden(golden, golden_dir):
+def test_head_rect_golden(golden):
     """16x24 feature map through the head with the golden weights (all 31 head tensors used)."""
-    with np.load(golden_dir / "reference_state_dict.npz") as f:
-        sd = {k: f[k] for k in f.files if k.startswith("head.")}
+    f = golden("reference_state_dict")
+    sd = {k: f[k] for k in f.files if k.startswith("head.")}
     x = golden("modules_io")["head_rect/in/x"].transpose(0, 2, 3, 1)
     ref = golden("modules_io")["head_rect/out/y"].transpose(0, 2, 3, 1)
     head = YOLOXHead(num_classes=1)
