@@ -104,7 +104,10 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, batch_group_count, precision,
                                         preferred_element_type)
-    out_pixels = lhs.shape[0] * _out_size(lhs.shape[1], rhs.shape[0], strides[0], pads[0]) * _out_size(
+    # a symbolic batch (jax.export) cannot be compared with the threshold: decide on one example then (the
+    # choice only affects the gradient; both branches run the same forward)
+    batch = 1 if jax.export.is_symbolic_dim(lhs.shape[0]) else lhs.shape[0]
+    out_pixels = batch * _out_size(lhs.shape[1], rhs.shape[0], strides[0], pads[0]) * _out_size(
         lhs.shape[2], rhs.shape[1], strides[1], pads[1])
     if out_pixels < TAP_GRAD_MIN_PIXELS:
         return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC, precision=precision)

@@ -221,7 +221,8 @@ class BestCheckpointer:
         self.metric, self.split = metric, split
         self.manager = ocp.CheckpointManager(
             self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                                           enable_async_checkpointing=False),
+                                                           enable_async_checkpointing=False,
+                                                           cleanup_tmp_directories=True),
             item_names=("state",))
 
     def best(self) -> dict | None:
