@@ -91,8 +91,10 @@ PRESETS: dict[str, Preset] = {
         distractors=0.8, spill=0.6, jpeg_quality=(85, 92), min_visible_px=6.0,
     ),
     "demo": Preset(
-        # Learnable in minutes at 128 px: few large, bold, high-contrast cracks on mildly cluttered belts.
-        name="demo", width=256, height=144, num_sequences=16, frames=(24, 40), splits=_SPLIT_622,
+        # Learnable in minutes at 128 px: large, bold, high-contrast cracks on mildly cluttered belts. Many short
+        # sequences (each draws its own belt, camera, view, light and weather), so that what is learnt carries
+        # over to belts never seen: 150 sequences of 10-14 frames, 90 / 30 / 30 train / val / test.
+        name="demo", width=256, height=144, num_sequences=150, frames=(10, 14), splits=_SPLIT_622,
         speed=(2.0, 5.0), cracks_per_frame=1.5, zone_cracks=1.3, crack_length=(50.0, 160.0), crack_width=(3.5, 6.0),
         crack_depth=(0.85, 0.95), crack_soft=0.3, zone_spread=0.4, p_clean_stretch=0.35, far_ratio=(0.7, 0.9),
         distractors=0.6, spill=0.4, jpeg_quality=(85, 95), min_visible_px=40.0,

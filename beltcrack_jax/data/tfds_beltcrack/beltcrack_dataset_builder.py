@@ -42,6 +42,9 @@ from beltcrack_jax.data import fingerprint
 from beltcrack_jax.data import layout as layout_lib
 from beltcrack_jax.data.errors import DatasetError, rebuild_command
 
+# Bump when a build's content changes for the same config (e.g. a synthetic preset): TFDS then rebuilds instead
+# of serving the old records.
+VERSION = "1.1.0"
 RELEASES = {"beltcrack14ks": "BeltCrack14ks", "beltcrack9kd": "BeltCrack9kd"}
 SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_demo": "demo", "synthetic_ambiguous": "ambiguous",
              "synthetic_14ks_like": "14ks-like", "synthetic_9kd_like": "9kd-like"}
@@ -90,7 +93,7 @@ class BeltCrackConfig(tfds.core.BuilderConfig):
                  storage_resize: str | None = None, storage_size=512, storage_format: str = "png",
                  storage_max_side: int | None = None, storage_jpeg_quality: int = 95, min_sequence_length: int = 5,
                  **kwargs):
-        kwargs.setdefault("version", tfds.core.Version("1.0.0"))
+        kwargs.setdefault("version", tfds.core.Version(VERSION))
         super().__init__(**kwargs)
         if (release is None) == (synthetic_preset is None):
             raise ValueError("exactly one of release / synthetic_preset must be given")
@@ -131,8 +134,9 @@ def _configs():
 class Builder(tfds.core.GeneratorBasedBuilder):
     """BeltCrack sequence frames (one ArrayRecord record per frame)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "One record per frame, ordered by (sequence, frame); per-record index in metadata."}
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "One record per frame, ordered by (sequence, frame); per-record index in metadata.",
+                     "1.1.0": "Synthetic 'demo' preset: 150 short sequences (was 16 long ones); 'ambiguous' preset."}
     BUILDER_CONFIGS = _configs()
     DEFAULT_CONFIG_NAME = "synthetic_tiny"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
