@@ -1,21 +1,4 @@
-"""The temporal-gain experiment (EXPERIMENTS.md): the demo recipe on the `synthetic_ambiguous` data, where a
-transient veil hides part of about half the frames and the cracks are fainter, so the key frame alone is often
-not enough while the 5-frame clip is.
+"""Thin alias of the packaged config `beltcrack_jax/configs/ambiguous.py` (also `--config ambiguous` from any directory)."""
 
-    python experiments/temporal_gain.py            # full model vs single frame, 3 seeds each, -> EXPERIMENTS.md
-    python train.py --config configs/ambiguous.py --workdir W [--config.seed=1] [single frame:
-        --config.model.hsm=False --config.model.atm=False --config.model.wfm=False --config.model.rcu=0]
-"""
-
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location("_beltcrack_demo_config", pathlib.Path(__file__).with_name("demo.py"))
-_demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_demo)
-
-
-def get_config():
-    c = _demo.get_config()
-    c.data.name = "beltcrack/synthetic_ambiguous"
-    return c
+from beltcrack_jax.configs.ambiguous import *  # noqa: F401,F403
+from beltcrack_jax.configs.ambiguous import get_config  # noqa: F401

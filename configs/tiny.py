@@ -1,24 +1,4 @@
-"""A tiny BeltCrackDet for CPU tests and smoke runs: the default recipe with every channel count x 1/8.
+"""Thin alias of the packaged config `beltcrack_jax/configs/tiny.py` (also `--config tiny` from any directory)."""
 
-Same architecture and T as the reference (configs/default.py), only narrower: backbone 4 -> 8 -> 16 -> 32 -> 64
-channels, neck C = 16, head hidden 32 (about 0.9 M parameters). Use 64x64 clips (H, W must be multiples of 32);
-a forward on CPU takes well under a second after compilation.
-"""
-
-import importlib.util
-import pathlib
-
-_spec = importlib.util.spec_from_file_location("_beltcrack_default_config",
-                                               pathlib.Path(__file__).with_name("default.py"))
-_default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_default)
-
-TINY_SIZE = 64   # clip height and width (data.image_size)
-
-
-def get_config():
-    c = _default.get_config()
-    c.model.width = 0.125          # 128 -> 16 channels in the neck, 256 -> 32 in the head
-    c.data.image_size = TINY_SIZE
-    c.data.name = "beltcrack/synthetic_tiny"
-    return c
+from beltcrack_jax.configs.tiny import *  # noqa: F401,F403
+from beltcrack_jax.configs.tiny import get_config  # noqa: F401
