@@ -46,7 +46,8 @@ from beltcrack_jax.data.errors import DatasetError, rebuild_command
 # of serving the old records.
 VERSION = "1.1.0"
 RELEASES = {"beltcrack14ks": "BeltCrack14ks", "beltcrack9kd": "BeltCrack9kd"}
-SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_demo": "demo", "synthetic_ambiguous": "ambiguous",
+SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_learn": "learn", "synthetic_demo": "demo",
+             "synthetic_ambiguous": "ambiguous",
              "synthetic_14ks_like": "14ks-like", "synthetic_9kd_like": "9kd-like"}
 _SEEDED = re.compile(r"^(?P<base>synthetic_[a-z0-9_]+?)_seed(?P<seed>\d+)$")
 
