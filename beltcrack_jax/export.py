@@ -160,9 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not platforms:
         parser.error(f"--platforms {args.platforms!r}: unknown {unknown} (choose from {', '.join(KNOWN_PLATFORMS)})")
 
-    from beltcrack_jax.convert import load_config_file
+    from beltcrack_jax.cli.logs import quiet_absl_logging
+    from beltcrack_jax.configs import load_config
 
-    config = load_config_file(args.config)
+    quiet_absl_logging()
+    config = load_config(args.config)
     variables, info = ev_lib.load_variables(config, workdir=args.workdir, checkpoint=args.checkpoint,
                                             step=args.step, use_ema=not args.raw_weights)
     exported, flat, signature = export_model(config, variables, profile=args.profile, platforms=platforms)

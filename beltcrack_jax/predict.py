@@ -439,9 +439,12 @@ def _get_eval(config):
 
 def main(argv=None):
     from absl import app, flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+    from beltcrack_jax.cli.config_flag import define_config_flag
+    from beltcrack_jax.cli.logs import quiet_absl_logging
+    from beltcrack_jax.cli.runner import run_main
+
+    define_config_flag("config", "Config the checkpoint was trained with")
     flags.DEFINE_string("workdir", None, "Training workdir (latest checkpoint).")
     flags.DEFINE_string("checkpoint", None, "A checkpoint folder.")
     flags.DEFINE_bool("raw_weights", False, "Use the raw (non-EMA) weights.")
@@ -464,6 +467,7 @@ def main(argv=None):
     def _main(args):
         if len(args) > 1:
             raise app.UsageError(f"unexpected arguments: {args[1:]}")
+        quiet_absl_logging()
         for req in ("config", "input", "output_dir"):
             if getattr(FLAGS, req) is None:
                 raise app.UsageError(f"--{req} is required")
@@ -483,7 +487,7 @@ def main(argv=None):
                 save_video=FLAGS.save_video, heatmap=FLAGS.heatmap, vis_score=FLAGS.vis_score,
                 max_frames=FLAGS.max_frames, fps=FLAGS.fps, data_dir=data_dir)
 
-    app.run(_main, argv=argv)
+    run_main(_main, __name__, argv)
 
 
 if __name__ == "__main__":

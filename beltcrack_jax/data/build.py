@@ -18,7 +18,7 @@ def make_builder(name: str, data_dir: str | None, **builder_kwargs):
     """tfds.builder for a registered config or a `synthetic_<preset>_seed<N>` name."""
     import tensorflow_datasets as tfds
 
-    import beltcrack_jax.data  # noqa: F401  (registers the builder)
+    # Importing the builder module registers `beltcrack` with TFDS.
     from beltcrack_jax.data.tfds_beltcrack.beltcrack_dataset_builder import seeded_config
 
     builder_name, _, config_name = name.partition("/")

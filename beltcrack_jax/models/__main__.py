@@ -1,4 +1,4 @@
-"""Model size and cost: `python -m beltcrack_jax.models --config configs/default.py [--size 512]`.
+"""Model size and cost: `python -m beltcrack_jax.models --config default [--size 512]`.
 
 Prints the parameter count (trainable parameters only, BatchNorm statistics excluded; the reference's live
 modules have 54,614,899 — spec §9: 57,434,868 trainable minus 2,819,969 in the never-called conv_fre_mix,
@@ -19,11 +19,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from beltcrack_jax.models.shapes import abstract_variables
+
 
 def count_params(model, size: int = 64) -> int:
     """Number of trainable parameters (the `params` collection) of `model`, without running anything."""
-    from beltcrack_jax.convert import abstract_variables
-
     abstract = abstract_variables(model, model.num_frames, size)
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract["params"])))
 
@@ -61,8 +61,6 @@ def matmul_flops_of_jaxpr(jaxpr) -> int:
 
 def forward_costs(model, size: int, batch: int = 1, compile_xla: bool = True) -> dict[str, float]:
     """{'params', 'matmul_flops', 'xla_flops'} of one eval-mode forward of (batch, T, size, size, 3)."""
-    from beltcrack_jax.convert import abstract_variables
-
     abstract = abstract_variables(model, model.num_frames, size)
     clips = jax.ShapeDtypeStruct((batch, model.num_frames, size, size, 3), jnp.float32)
 
@@ -81,17 +79,19 @@ def forward_costs(model, size: int, batch: int = 1, compile_xla: bool = True) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from beltcrack_jax.convert import load_config_file
+    from beltcrack_jax.cli.logs import quiet_absl_logging
+    from beltcrack_jax.configs import load_config
     from beltcrack_jax.models import build_model
 
     parser = argparse.ArgumentParser(prog="python -m beltcrack_jax.models", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/default.py", help="config file, path[:arg]")
+    parser.add_argument("--config", default="default", help="packaged config name or file, [:arg]")
     parser.add_argument("--size", type=int, default=512, help="clip height = width in pixels (multiple of 32)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip XLA's compiled cost analysis")
     args = parser.parse_args(argv)
+    quiet_absl_logging()
 
-    model = build_model(load_config_file(args.config))
+    model = build_model(load_config(args.config))
     costs = forward_costs(model, args.size, args.batch, compile_xla=not args.no_compile)
     t = model.num_frames
     print(f"BeltCrackDet ({args.config}): {int(costs['params']):,} parameters ({costs['params'] / 1e6:.2f} M)")

@@ -6,7 +6,7 @@ zero, so the first step gives buf = 0·m + d = d), `optax.add_decayed_weights` i
 `scale_by_learning_rate` multiplies by -lr: the chain below is the reference's update term by term (checked
 against `optim_io.npz` in tests/test_optim.py).
 
-Groups (decided from the PyTorch name of every Flax leaf, `beltcrack_jax.convert.torch_key`):
+Groups (decided from the PyTorch name of every Flax leaf, `beltcrack_jax.models.naming.torch_key`):
 
 * pg0 — `weight` of a BatchNorm2d or of any module whose name contains "bn": no weight decay;
 * pg1 — every other `weight` (convs, Linear, LayerNorm, GAL's BatchNorm1d, WTConv scales): weight decay;
@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.traverse_util import flatten_dict as flatten, unflatten_dict as unflatten
 
-from beltcrack_jax.convert import flatten, torch_key, unflatten
+from beltcrack_jax.models.naming import torch_key
 
 # BatchNorm modules that are BatchNorm1d in the reference (weight decayed, unlike BatchNorm2d): GAL's
 # `<x>_func = Sequential(Linear, BatchNorm1d, ...)`.

@@ -10,9 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.traverse_util import flatten_dict as flatten, unflatten_dict as unflatten
 
 from beltcrack_jax.models.initializers import apply_init
-from beltcrack_jax.convert import flatten, torch_key, torch_to_flax_array, unflatten
+from beltcrack_jax.models.naming import torch_key, torch_to_flax_array
+from beltcrack_jax.weights.orbax_io import load_variables
+from beltcrack_jax.weights.state_dict import read_state_dict
+from beltcrack_jax.weights.yolox import ImportReport
 
 
 @flax.struct.dataclass
@@ -58,16 +62,14 @@ def load_pretrained(variables: dict[str, Any], path: str, log: Callable[[str], N
     """`train.init_from`: overwrites every leaf of `variables` whose name AND shape match the source, as the
     reference's partial `load_state_dict` of the YOLOX-S weights does; every other leaf keeps its initial value.
 
-    `path` is either what `python -m beltcrack_jax.convert` writes (an orbax folder of Flax variables: the whole
+    `path` is either what `beltcrack-convert` writes (an orbax folder of Flax variables: the whole
     model from a reference state dict, or only the imported tensors with `--yolox-s`), or a state-dict file
     (.npz of PyTorch name -> array, or .pth with torch installed). Logs a report (loaded / shape mismatch /
     kept / source-only, with names); raises ValueError if nothing matches.
     """
-    from beltcrack_jax.convert import ImportReport, load_variables, read_state_dict
-
     if not os.path.exists(path):
         raise FileNotFoundError(f"train.init_from={path!r} does not exist (expected a folder written by "
-                                f"`python -m beltcrack_jax.convert` or an .npz/.pth state dict)")
+                                f"`beltcrack-convert` or an .npz/.pth state dict)")
     if os.path.isdir(path):   # Flax variables (orbax), matched by Flax path
         source = {(c, *p): np.asarray(v) for (c, *p), v in flatten(load_variables(path)).items()}
         names = {torch_key(c, tuple(p)) for (c, *p) in source}
