@@ -55,6 +55,8 @@ class BeltCrackDet(nn.Module):
     # Attention heads of the 3-D Swin block (reference 4, head dim 32). Its (windows, heads, 384, 384) scores do
     # not shrink with `width`, so a narrow model spends most of its step there; width-1/8 configs may use 1.
     swin_heads: int = 4
+    # WTConv's Haar transform: 'jnp' (ops/haar.py, default: the goldens' path) or 'jaxwt' (same values).
+    wavelet: str = "jnp"
 
     def check_input(self, clips) -> None:
         """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
@@ -114,7 +116,7 @@ class BeltCrackDet(nn.Module):
             self.sow("intermediates", "backbone_feats", feats)
             neck = wrap(Neck, remat=False)(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
                                            self.remat, self.swin_window_chunk, swin_heads=self.swin_heads,
-                                           name="neck")
+                                           wavelet=self.wavelet, name="neck")
             fused = neck(feats, train)
         else:
             fused = p3

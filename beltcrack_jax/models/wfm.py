@@ -21,7 +21,7 @@ import flax.linen as nn
 
 from beltcrack_jax.models.layers import ConvSequence, DepthwiseConv2d
 from beltcrack_jax.models.swin3d import SwinBlock3D
-from beltcrack_jax.ops.haar import haar_analysis, haar_filter_bank, haar_synthesis
+from beltcrack_jax.ops.haar import haar_filter_bank, haar_pair
 
 __all__ = ["WTConv", "WFM", "haar_filters_match"]
 
@@ -87,6 +87,7 @@ class WTConv(nn.Module):
     kernel_size: int = 5
     levels: int = 3
     fast_ops: bool = False
+    wavelet: str = "jnp"     # Haar transform: 'jnp' (ops/haar.py, default) | 'jaxwt' (ops/haar_jaxwt.py), same values
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,6 +95,7 @@ class WTConv(nn.Module):
             raise ValueError(f"WTConv(channels={self.channels}): expected input (N, H, W, {self.channels}), "
                              f"got shape {x.shape}")
         c = self.channels
+        haar_analysis, haar_synthesis = haar_pair(self.wavelet)
         wavelet_convs = _DepthwiseList(self.kernel_size, taps=self.fast_ops, name="wavelet_convs")
         wavelet_scale = _ScaleList(0.1, name="wavelet_scale")
 
@@ -130,6 +132,7 @@ class WFM(nn.Module):
     window_hw: int = 8
     fast_ops: bool = False   # WTConv taps, Swin attention/GELU, fast conv gradients (same math; see WTConv, Swin)
     swin_window_chunk: int = 0   # fast_ops: Swin windows per attention call (0: all at once; SwinBlock3D)
+    wavelet: str = "jnp"         # WTConv's Haar transform backend (see WTConv)
 
     @nn.compact
     def __call__(self, feats: jax.Array, f_t: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -140,7 +143,8 @@ class WFM(nn.Module):
         if f_t.shape != (b, h, w, c):
             raise ValueError(f"WFM(channels={c}): expected f_t of shape {(b, h, w, c)} (B, H, W, C of feats), "
                              f"got {f_t.shape}")
-        f_f = WTConv(c, fast_ops=self.fast_ops, name="conv_dw")(feats.reshape(b * t, h, w, c)).reshape(b, t, h, w, c)
+        wtconv = WTConv(c, fast_ops=self.fast_ops, wavelet=self.wavelet, name="conv_dw")
+        f_f = wtconv(feats.reshape(b * t, h, w, c)).reshape(b, t, h, w, c)
         self.sow("intermediates", "conv_dw_out", f_f)
         ft = jnp.concatenate([f_f.transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c), f_t], axis=-1)
 

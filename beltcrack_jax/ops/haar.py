@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["haar_analysis", "haar_synthesis", "haar_wavedec", "haar_waverec", "haar_filter_bank",
-           "wavedec_sizes"]
+           "wavedec_sizes", "haar_pair", "WAVELET_BACKENDS"]
 
 
 def haar_filter_bank() -> np.ndarray:
@@ -147,3 +147,18 @@ def _crop_to(y: jax.Array, out_hw: Sequence[int]) -> jax.Array:
         raise ValueError(f"haar_waverec: out_hw {tuple(out_hw)} does not fit a reconstruction of size "
                          f"{y.shape[1:3]}")
     return y[:, :oh, :ow]
+
+
+WAVELET_BACKENDS = ("jnp", "jaxwt")
+
+
+def haar_pair(backend: str = "jnp"):
+    """(analysis, synthesis) of one Haar level for `model.wavelet`: 'jnp' (this module, the default) or 'jaxwt'
+    (`ops.haar_jaxwt`, equal to float rounding)."""
+    if backend == "jnp":
+        return haar_analysis, haar_synthesis
+    if backend == "jaxwt":
+        from beltcrack_jax.ops.haar_jaxwt import haar_analysis_jaxwt, haar_synthesis_jaxwt
+
+        return haar_analysis_jaxwt, haar_synthesis_jaxwt
+    raise ValueError(f"model.wavelet must be one of {WAVELET_BACKENDS}, got {backend!r}")
