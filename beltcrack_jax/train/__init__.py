@@ -5,7 +5,7 @@
     ema            ema_decay, ema_update (ModelEMA: params and BN statistics)
     state          TrainState (pytree), create_train_state, load_pretrained (name+shape match, like the reference)
     sharding       make_mesh (('data',), Auto), data/replicated shardings, global_batch (host -> global arrays)
-    steps          make_train_step (grad accumulation, bf16 compute, non-finite guard), make_eval_loss_step
+    steps          make_train_step (grad accumulation, bf16 compute, non-finite guard)
     checkpoint     Checkpointer (orbax: state + grain iterator + config JSON; refuses a workdir of another config)
     metric_writer  MetricWriter (stdout + JSONL + TensorBoard via tensorboardX), ProgressBar
     loop           train_and_evaluate(config, workdir), TrainData, NonFiniteLossError, maybe_initialize_distributed

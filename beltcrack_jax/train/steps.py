@@ -1,4 +1,4 @@
-"""Pure train / eval-loss steps (no jit here; `loop.py` jits them with shardings and donation).
+"""The pure train step (no jit here; `loop.py` jits it with shardings and donation).
 
 One call of the train step = one optimiser step of the reference's `fit_one_epoch` iteration:
 forward (train-mode BN) -> loss -> grads -> SGD update -> EMA update. With `grad_accum = k` the global batch is
@@ -48,7 +48,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, 
     frozen: optional tree like the params with True for leaves the optimiser never changes
     (`optim.frozen_mask(labels)`): no gradient is computed for them (their grads are zeros, the update is the
     same). Skipping them matters: the Swin bias tables' gradient alone is a reduction over every window of the
-    (windows, heads, N, N) attention scores, ~10 % of the CPU train step.
+    (windows, heads, N, N) attention scores (BENCHMARKS.md, item 14).
     """
     compute_dtype = jnp.dtype(compute_dtype)
 
@@ -109,7 +109,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, 
 
         # Keep the last good state on a non-finite step (the loop stops and reports it). A branch rather than
         # a select of new vs old: the select keeps the old state alive to the end, so the donated buffers
-        # cannot be updated in place (XLA copies every leaf first; 110 vs 138 ms for optimiser + EMA, CPU).
+        # cannot be updated in place (XLA copies every leaf first; BENCHMARKS.md, item 17).
         new = jax.lax.cond(finite, update, lambda state, grads, stats: state, state, grads, stats)
         metrics = {"loss": loss.astype(jnp.float32), "grad_norm": grad_norm, "finite": finite.astype(jnp.float32),
                    **{f"loss/{k}": v for k, v in aux.items()}}
@@ -118,15 +118,3 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: Callable, 
         return new, metrics
 
     return train_step
-
-
-def make_eval_loss_step(model, loss_fn: Callable, *, normalize: Callable = normalize_clips,
-                        use_ema: bool = True) -> Callable:
-    """eval_loss_step(state, batch) -> metrics: the reference's validation loss (EMA model, eval-mode BN)."""
-
-    def eval_loss_step(state: TrainState, batch: Mapping[str, jax.Array]):
-        raw = model.apply(state.variables(ema=use_ema), normalize(batch["clips"]), train=False)
-        total, aux = loss_fn(raw, batch["boxes"], batch["classes"], batch["mask"])
-        return {"val_loss": total.astype(jnp.float32), **{f"val_loss/{k}": v for k, v in _scalars(aux).items()}}
-
-    return eval_loss_step
