@@ -6,8 +6,8 @@ writes into `--output`:
 
 * `model.jaxexport` -- the serialized `jax.export.Exported` of
   `serve(variables, clips, resize, orig_hw, conf_thres, nms_thres) -> detections`, for a symbolic batch size and
-  the platforms given (default cpu and cuda). It is `evaluator.predict_batch` (normalise -> model -> decode ->
-  class-aware NMS -> boxes in original-image pixels), so served detections are the evaluator's.
+  the platforms given (default cpu and cuda). It is `eval.predict_step.predict_step` (normalise -> model ->
+  decode -> class-aware NMS -> boxes in original-image pixels), so served detections are the evaluator's.
 * `variables.npz` -- the weights, one entry per leaf named `params/...` / `batch_stats/...` (the `variables`
   argument is exactly `dict(np.load("variables.npz"))`).
 * `signature.json` -- input and output layout, the profile's thresholds and resize mode, where the weights came
@@ -37,7 +37,9 @@ import numpy as np
 from flax import traverse_util
 from jax import export as jax_export
 
-from beltcrack_jax.eval import evaluator as ev_lib
+from beltcrack_jax.data.transforms import as_hw
+from beltcrack_jax.eval.evaluator import profile_from_config
+from beltcrack_jax.eval.predict_step import predict_step
 from beltcrack_jax.models import build_model
 
 ARTEFACT = "model.jaxexport"
@@ -71,13 +73,11 @@ def serving_function(config, max_detections: int | None) -> Callable:
     """jit(serve): flat variables {'params/...': array}, uint8 clips (B, T, H, W, 3), resize (B, 5) int32
     `[nw, nh, dx, dy, flip]`, orig_hw (B, 2) int32, conf_thres, nms_thres -> dict of `OUTPUT_FIELDS`."""
     model = build_model(serving_config(config))
-    hw = ev_lib.input_hw(config)
 
     def serve(flat_variables, clips, resize, orig_hw, conf_thres, nms_thres):
         variables = traverse_util.unflatten_dict(flat_variables, sep="/")
-        dets, _ = ev_lib.predict_batch(variables, clips, resize, orig_hw, conf_thres, nms_thres, model=model,
-                                       input_hw=hw, max_detections=max_detections, method=NMS_METHOD,
-                                       normalize=ev_lib.default_normalize())
+        dets, _, _ = predict_step(variables, clips, resize, orig_hw, conf_thres, nms_thres, model=model,
+                                  max_detections=max_detections, method=NMS_METHOD)
         return dets._asdict()
 
     return jax.jit(serve)
@@ -92,9 +92,9 @@ def flatten_variables(variables: dict) -> dict[str, np.ndarray]:
 def export_model(config, variables: dict, *, profile: str | None = None,
                  platforms: Sequence[str] = DEFAULT_PLATFORMS) -> tuple[jax_export.Exported, dict, dict]:
     """-> (Exported, flat variables, signature) of the serving function for `config`'s model and `variables`."""
-    prof = ev_lib.profile_from_config(config, profile)
+    prof = profile_from_config(config, profile)
     flat = flatten_variables(variables)
-    t, (h, w) = int(config.model.num_frames), ev_lib.input_hw(config)
+    t, (h, w) = int(config.model.num_frames), as_hw(config.data.image_size)
     (b,) = jax_export.symbolic_shape("b")
     args = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()},
             jax.ShapeDtypeStruct((b, t, h, w, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 5), jnp.int32),
@@ -162,11 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from beltcrack_jax.cli.logs import quiet_absl_logging
     from beltcrack_jax.configs import load_config
+    from beltcrack_jax.train.checkpoint import load_variables
 
     quiet_absl_logging()
     config = load_config(args.config)
-    variables, info = ev_lib.load_variables(config, workdir=args.workdir, checkpoint=args.checkpoint,
-                                            step=args.step, use_ema=not args.raw_weights)
+    variables, info = load_variables(config, workdir=args.workdir, checkpoint=args.checkpoint, step=args.step,
+                                     use_ema=not args.raw_weights)
     exported, flat, signature = export_model(config, variables, profile=args.profile, platforms=platforms)
     signature["weights"] = info
     paths = write_artefact(args.output, exported, flat, signature)

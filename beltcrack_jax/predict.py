@@ -8,9 +8,11 @@ last; frame 0 repeated at the start), as the reference's clip loader.
 
 Modes:
 * `window`: every frame runs the full model on its T-frame clip (T backbone passes per frame).
-* `stream` (default): each frame's backbone features are computed ONCE and kept in a ring of the last T feature
-  maps, and only neck + head run per frame. The neck/head see exactly the same inputs as in `window` mode, so
-  the results agree to float tolerance (tested).
+* `stream` (default): each frame's backbone features are computed ONCE (`BeltCrackDet.backbone_features`) and
+  kept in a ring of the last T feature maps, and only neck + head run per frame (`BeltCrackDet.neck_head`). The
+  neck/head see exactly the same inputs as in `window` mode, so the results agree to float tolerance (tested,
+  also with bf16 compute and folded BN).
+Both modes end in the evaluator's post-processing (`eval/predict_step.py`, `eval/postprocess.detect`).
 Outputs in --output_dir: `detections.jsonl` (one line per frame: frame, name, latency_ms, detections [{bbox
 [x1,y1,x2,y2] original px, score, obj, class_conf, class}]), `latency.json` (p50/p90/p99/mean per-frame latency; the
 step functions are compiled in an untimed warm-up on the first frame), optional annotated PNG frames (`frames/`), an annotated video
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from beltcrack_jax.eval import postprocess as pp
+from beltcrack_jax.eval.predict_step import predict_step
 
 FRAME_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv")
@@ -152,45 +155,6 @@ def _check_sizes(it: Iterator[Frame], inp: str) -> Iterator[Frame]:
 # ------------------------------------------------------------------------------------------------ model pieces
 
 
-def split_model(model) -> tuple[Callable, Callable]:
-    """(backbone_fn, neck_head_fn) of a BeltCrackDet for streaming, from the SAME variables as the full model.
-
-    backbone_fn(variables, frames (N,H,W,3) normalised) -> (N,h,w,C) per-frame P3 features
-    neck_head_fn(variables, feats (B,T,h,w,C)) -> raw (B,h,w,5+K)
-    Both are eval-mode (running BN statistics). Built as standalone Flax modules with the detector's
-    hyper-parameters, applied to the `backbone` / `neck` / `head` variable sub-trees. For the "w/o All" ablation
-    (no neck) only the key frame's features are used.
-    """
-    from beltcrack_jax.models.backbone import YOLOPAFPN
-    from beltcrack_jax.models.head import YOLOXHead
-    from beltcrack_jax.models.neck import Neck, neck_uses_frames
-
-    backbone = YOLOPAFPN(model.depth, model.backbone_width, model.width, frame_groups=1, fast_ops=model.fast_ops)
-    head = YOLOXHead(model.num_classes, model.width)
-    multi = neck_uses_frames(model.hsm, model.atm, model.wfm, model.rcu)
-
-    def sub(variables, name):
-        out = {"params": variables["params"][name]}
-        bs = variables.get("batch_stats", {})
-        if name in bs:
-            out["batch_stats"] = bs[name]
-        return out
-
-    def backbone_fn(variables, frames):
-        return backbone.apply(sub(variables, "backbone"), frames, train=False)
-
-    def neck_head_fn(variables, feats):
-        if multi:
-            neck = Neck(backbone.out_channels, model.hsm, model.atm, model.wfm, model.rcu, fast_ops=model.fast_ops,
-                        swin_window_chunk=model.swin_window_chunk, swin_heads=model.swin_heads)
-            fused = neck.apply(sub(variables, "neck"), feats, train=False)
-        else:
-            fused = feats[:, -1]
-        return head.apply(sub(variables, "head"), fused, train=False)
-
-    return backbone_fn, neck_head_fn
-
-
 @dataclasses.dataclass
 class FrameResult:
     index: int
@@ -216,9 +180,7 @@ class Predictor:
 
     def __init__(self, model, variables, *, input_hw: tuple[int, int], letterbox: bool, conf_thres: float,
                  nms_thres: float, max_detections: int | None = None, nms_method: str = "auto",
-                 normalize: Callable | None = None, keep_raw: bool = False):
-        if normalize is None:
-            from beltcrack_jax.data.transforms import normalize
+                 keep_raw: bool = False):
         self.model, self.variables = model, variables
         self.t = int(model.num_frames)
         self.input_hw = tuple(int(v) for v in input_hw)
@@ -226,8 +188,7 @@ class Predictor:
         self.conf, self.nms_thr = jnp.float32(conf_thres), jnp.float32(nms_thres)
         self.keep_raw = keep_raw
         self.compile_seconds: float | None = None  # set by the first `run` (warm-up, not in the latencies)
-        self._static = dict(model=model, input_hw=self.input_hw, max_detections=max_detections, method=nms_method,
-                            normalize=normalize)
+        self._static = dict(model=model, max_detections=max_detections, method=nms_method)
 
     def geometry(self, orig_hw) -> tuple[int, int, int, int]:
         """(nw, nh, dx, dy) of the resized frame on the input canvas."""
@@ -236,17 +197,15 @@ class Predictor:
         p = tr.resize_params("letterbox" if self.letterbox else "stretch", orig_hw, self.input_hw)
         return p.nw, p.nh, p.dx, p.dy
 
-    def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
-        """Original RGB frame -> (uint8 input frame, (4,) undo params, (nw, nh, dx, dy)) with the reference's
-        PIL BICUBIC resize (letterbox or stretch)."""
+    def preprocess(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Original RGB frame -> (uint8 input frame, (5,) resize metadata `[nw, nh, dx, dy, flip]`, (2,) original
+        (H, W)) with the reference's PIL BICUBIC resize (letterbox or stretch), as the data pipeline does."""
         from PIL import Image
 
         from beltcrack_jax.data import transforms as tr
 
         p = tr.resize_params("letterbox" if self.letterbox else "stretch", rgb.shape[:2], self.input_hw)
-        x = tr.place_frame(Image.fromarray(rgb), p)
-        undo = np.asarray([p.nh / p.orig_h, p.nw / p.orig_w, p.dy, p.dx], np.float32)
-        return x, undo, (p.nw, p.nh, p.dx, p.dy)
+        return tr.place_frame(Image.fromarray(rgb), p), p.as_array(), np.asarray(rgb.shape[:2], np.int32)
 
     def run(self, frames: Iterator[Frame], mode: str = "stream") -> Iterator[FrameResult]:
         """Yields one FrameResult per input frame."""
@@ -256,28 +215,27 @@ class Predictor:
         ring = None
         for f in frames:
             t0 = time.perf_counter()
-            x, undo, _ = self.preprocess(f.rgb)
+            x, resize, orig_hw = self.preprocess(f.rgb)
             pre_ms = 1e3 * (time.perf_counter() - t0)
-            xd, ud = jnp.asarray(x), jnp.asarray(undo)[None]
+            xd, meta = jnp.asarray(x), (jnp.asarray(resize)[None], jnp.asarray(orig_hw)[None], self.conf,
+                                        self.nms_thr)
             if self.compile_seconds is None:  # compile every step function once, outside the timed region
                 tc = time.perf_counter()
                 if mode == "window":
-                    jax.block_until_ready(window_step(self.variables, jnp.stack([xd] * self.t), ud, self.conf,
-                                                      self.nms_thr, **self._static))
+                    jax.block_until_ready(predict_step(self.variables, jnp.stack([xd] * self.t)[None], *meta,
+                                                       **self._static))
                 else:
-                    r0, _ = stream_first(self.variables, xd, ud, self.conf, self.nms_thr, **self._static)
-                    jax.block_until_ready(stream_step(self.variables, r0, xd, ud, self.conf, self.nms_thr,
-                                                      **self._static))
+                    r0, _ = stream_first(self.variables, xd, *meta, **self._static)
+                    jax.block_until_ready(stream_step(self.variables, r0, xd, *meta, **self._static))
                 self.compile_seconds = time.perf_counter() - tc
             t1 = time.perf_counter()
             if mode == "window":
                 buf = buf[1:] + [xd] if buf else [xd] * self.t  # clamp at the start: frame 0 repeated
-                out = window_step(self.variables, jnp.stack(buf), ud, self.conf, self.nms_thr,
-                                  **self._static)
+                out = predict_step(self.variables, jnp.stack(buf)[None], *meta, **self._static)
             elif ring is None:
-                ring, out = stream_first(self.variables, xd, ud, self.conf, self.nms_thr, **self._static)
+                ring, out = stream_first(self.variables, xd, *meta, **self._static)
             else:
-                ring, out = stream_step(self.variables, ring, xd, ud, self.conf, self.nms_thr, **self._static)
+                ring, out = stream_step(self.variables, ring, xd, *meta, **self._static)
             dets, smap = jax.device_get(out[:2])
             t2 = time.perf_counter()
             raw = np.asarray(out[2]) if self.keep_raw else None
@@ -289,44 +247,42 @@ class Predictor:
                               rgb=f.rgb, raw=raw[0] if raw is not None else None)
 
 
-_STATIC = ("model", "input_hw", "max_detections", "method", "normalize")
+_STATIC = ("model", "max_detections", "method")
+
+
+def _neck_head_detect(variables, ring, input_hw, resize, orig_hw, conf, nms_thr, *, model, max_detections,
+                      method):
+    from beltcrack_jax.models.detector import BeltCrackDet
+
+    raw = model.apply(variables, ring[None], method=BeltCrackDet.neck_head)
+    dets, smap = pp.detect(raw, resize, orig_hw, conf, nms_thr, input_hw=input_hw, max_detections=max_detections,
+                           method=method)
+    return dets, smap, raw
+
+
+def _features(variables, frame, model):
+    from beltcrack_jax.data.transforms import normalize
+    from beltcrack_jax.models.detector import BeltCrackDet
+
+    return model.apply(variables, normalize(frame[None]), method=BeltCrackDet.backbone_features)[0]
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def window_step(variables, clip, params, conf, nms_thr, *, model, input_hw, max_detections, method, normalize):
-    """Full model on one uint8 clip (T,H,W,3) -> (Detections (1,K) original px, score map (1,h,w), raw)."""
-    raw = model.apply(variables, normalize(clip[None]), train=False)
-    return _post(raw, params, conf, nms_thr, input_hw=input_hw, max_detections=max_detections, method=method)
-
-
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def stream_step(variables, ring, frame, params, conf, nms_thr, *, model, input_hw, max_detections, method,
-                normalize):
+def stream_step(variables, ring, frame, resize, orig_hw, conf, nms_thr, *, model, max_detections, method):
     """One new uint8 frame (H,W,3): its backbone features enter the ring (T,h,w,C) of cached features (oldest
     dropped), neck + head run on the ring -> (new ring, (Detections, score map, raw))."""
-    backbone_fn, neck_head_fn = split_model(model)
-    feat = backbone_fn(variables, normalize(frame[None]))[0]
-    ring = jnp.concatenate([ring[1:], feat[None]], axis=0)
-    raw = neck_head_fn(variables, ring[None])
-    return ring, _post(raw, params, conf, nms_thr, input_hw=input_hw, max_detections=max_detections, method=method)
+    ring = jnp.concatenate([ring[1:], _features(variables, frame, model)[None]], axis=0)
+    return ring, _neck_head_detect(variables, ring, frame.shape[:2], resize, orig_hw, conf, nms_thr, model=model,
+                                   max_detections=max_detections, method=method)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def stream_first(variables, frame, params, conf, nms_thr, *, model, input_hw, max_detections, method, normalize):
+def stream_first(variables, frame, resize, orig_hw, conf, nms_thr, *, model, max_detections, method):
     """The first frame of a stream: its features fill the whole ring (frame 0 repeated, the clamp rule)."""
-    backbone_fn, neck_head_fn = split_model(model)
-    feat = backbone_fn(variables, normalize(frame[None]))[0]
+    feat = _features(variables, frame, model)
     ring = jnp.broadcast_to(feat[None], (model.num_frames,) + feat.shape)
-    raw = neck_head_fn(variables, ring[None])
-    return ring, _post(raw, params, conf, nms_thr, input_hw=input_hw, max_detections=max_detections, method=method)
-
-
-def _post(raw, undo_params, conf, nms_thr, *, input_hw, max_detections, method):
-    dets = pp.nms(pp.decode(raw, input_hw), conf, nms_thr, max_detections=max_detections, method=method)
-    h, w = input_hw
-    boxes = pp.undo_resize(dets.boxes * jnp.array([w, h, w, h], jnp.float32), undo_params)
-    sig = jax.nn.sigmoid(raw[..., 4:].astype(jnp.float32))
-    return dets._replace(boxes=boxes), sig[..., 0] * jnp.max(sig[..., 1:], axis=-1), raw
+    return ring, _neck_head_detect(variables, ring, frame.shape[:2], resize, orig_hw, conf, nms_thr, model=model,
+                                   max_detections=max_detections, method=method)
 
 
 def latency_summary(ms: list[float]) -> dict[str, float]:
@@ -350,8 +306,11 @@ def predict(config, *, inp: str, output_dir: str, workdir: str | None = None, ch
     """Library form of the CLI. Returns {'latency': ..., 'frames': n, 'outputs': {...}}.
     Weights: `variables`, else a checkpoint (workdir / checkpoint; EMA unless use_ema=False), else random
     (`random_init`, smoke tests and latency measurements only)."""
-    from beltcrack_jax.eval import evaluator as ev_lib
+    from beltcrack_jax.data.transforms import as_hw
     from beltcrack_jax.eval import plots
+    from beltcrack_jax.eval.evaluator import profile_from_config
+    from beltcrack_jax.models import build_model
+    from beltcrack_jax.train.checkpoint import load_variables
 
     src = open_source(inp, data_dir)
     try:  # read the first frame before building anything: bad input fails fast
@@ -359,22 +318,27 @@ def predict(config, *, inp: str, output_dir: str, workdir: str | None = None, ch
     except StopIteration:
         raise ValueError(f"--input {inp!r} yielded no frames") from None
     src = itertools.chain([first], src)
-    model = ev_lib._build_model(config)
-    hw = ev_lib.input_hw(config)
+    model = build_model(config)
+    hw = as_hw(config.data.image_size)
     if variables is None and random_init:
         x = jnp.zeros((1, int(model.num_frames)) + hw + (3,))
-        variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(int(config.seed)))
+        variables = jax.jit(lambda k: model.clone(fold_bn=False).init(k, x, train=False))(
+            jax.random.key(int(config.seed)))
+        if model.fold_bn:
+            from beltcrack_jax.models.inference import fold_batchnorm
+
+            variables = fold_batchnorm(variables)
     elif variables is None:
-        variables, _ = ev_lib.load_variables(config, workdir=workdir, checkpoint=checkpoint, use_ema=use_ema,
-                                             model=model, log=log)
-    prof = ev_lib.profile_from_config(config, profile)
+        variables, _ = load_variables(config, workdir=workdir, checkpoint=checkpoint, use_ema=use_ema, model=model,
+                                      log=log)
+    prof = profile_from_config(config, profile)
     conf = prof.conf_thres if conf is None else conf
     nms = prof.nms_thres if nms is None else nms
     log(f"predict: {prof.describe()} (conf={conf:g} nms_iou={nms:g} used) mode={mode} input={hw[0]}x{hw[1]} "
         f"T={model.num_frames}")
     pred = Predictor(model, variables, input_hw=hw, letterbox=prof.letterbox, conf_thres=conf, nms_thres=nms,
                      max_detections=prof.max_detections,
-                     nms_method=ev_lib._get(_get_eval(config), "nms_method", "auto"))
+                     nms_method=config.eval.nms_method)
     os.makedirs(output_dir, exist_ok=True)
     outputs = {"detections": os.path.join(output_dir, "detections.jsonl"),
                "latency": os.path.join(output_dir, "latency.json")}
@@ -430,13 +394,6 @@ def predict(config, *, inp: str, output_dir: str, workdir: str | None = None, ch
     return summary
 
 
-def _get_eval(config):
-    try:
-        return config.eval
-    except (AttributeError, KeyError):
-        return {}
-
-
 def main(argv=None):
     from absl import app, flags
 
@@ -474,12 +431,7 @@ def main(argv=None):
         cfg = FLAGS.config
         if not FLAGS.random_init and (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
             raise app.UsageError("give exactly one of --workdir / --checkpoint (or --random_init)")
-        data_dir = FLAGS.data_dir
-        if data_dir is None:
-            try:
-                data_dir = cfg.data.data_dir
-            except (AttributeError, KeyError):
-                data_dir = None
+        data_dir = cfg.data.data_dir if FLAGS.data_dir is None else FLAGS.data_dir
         predict(cfg, inp=FLAGS.input, output_dir=FLAGS.output_dir, workdir=FLAGS.workdir,
                 checkpoint=FLAGS.checkpoint, random_init=FLAGS.random_init, use_ema=not FLAGS.raw_weights,
                 mode=FLAGS.mode,

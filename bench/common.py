@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark suite: JAX setup, timing with warm-up / medians / spread, bench variables,
+"""Shared pieces of the benchmark suite: JAX setup, timing statistics (medians / spread), bench variables,
 forward and train-step functions, FLOP counts and memory figures."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import platform
 import resource
 import statistics
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,20 +110,6 @@ def stats(times: Sequence[float]) -> dict[str, Any]:
             "p50": q(0.5), "p99": q(0.99), "n": n, "runs": ts}
 
 
-def time_calls(call: Callable[[], Any], warmup: int = 1, repeats: int = 5, min_time: float = 0.0) -> dict[str, Any]:
-    """Medians and spread of `call()` (blocked on its result) after `warmup` untimed calls. Keeps repeating past
-    `repeats` until `min_time` seconds were spent timing."""
-    for _ in range(warmup):
-        block(call())
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        block(call())
-        times.append(time.perf_counter() - t0)
-    return stats(times)
-
-
 # ------------------------------------------------------------------------------------------------ model + data
 
 
@@ -156,17 +141,8 @@ def load_config(path: str, overrides: dict[str, Any] | None = None):
     for k, v in (overrides or {}).items():
         if k not in cfg.model:
             raise ValueError(f"unknown model field {k!r}; config.model has {sorted(cfg.model.keys())}")
-        with cfg.model.unlocked() if hasattr(cfg.model, "unlocked") else _nullctx():
-            cfg.model[k] = v
+        cfg.model[k] = v   # an existing field: allowed on a locked ConfigDict
     return cfg
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def bench_variables(model, size: int = 64, seed: int = 0) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import pytest
 
 from beltcrack_jax.eval import evaluator as ev_lib
 from beltcrack_jax.eval import postprocess as pp
+from beltcrack_jax.eval import report
+from beltcrack_jax.train.checkpoint import load_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -72,7 +74,7 @@ def setup(tmp_path_factory):
 
 def test_split_end_to_end_boxes_in_original_pixels(setup):
     from beltcrack_jax.data import pipeline
-    from beltcrack_jax.data.transforms import normalize
+    from beltcrack_jax.data.transforms import normalize, resize_params
 
     cfg, model, v = setup
     res = ev_lib.Evaluator(cfg, profile="paper", log=lambda s: None).run(v)
@@ -83,11 +85,12 @@ def test_split_end_to_end_boxes_in_original_pixels(setup):
     for k in ("map50", "map50_95", "precision", "recall", "f1"):
         assert np.isfinite(m[k]) and 0 <= m[k] <= 1
     assert m["num_detections"] > 0 and "conf=0.003" in m["profile_line"] and "resize=stretch" in m["profile_line"]
-    # one clip by hand: the reference's stretch path (model -> decode -> NMS -> yolo_correct_boxes)
+    # one clip by hand: model -> decode -> NMS -> the stretch inverse, from the frame size alone
     it = pipeline.make_eval_iterator(cfg, "test", batch_size_per_process=1)
     b = next(iter(it))
     raw = model.apply(v, normalize(jnp.asarray(b["clips"])), train=False)
-    out = pp.postprocess(raw, jnp.asarray(b["orig_hw"]), 0.003, 0.2, input_hw=(SIZE, SIZE), letterbox=False)
+    resize = resize_params("stretch", tuple(b["orig_hw"][0]), SIZE).as_array()[None]
+    out, _ = pp.detect(raw, jnp.asarray(resize), jnp.asarray(b["orig_hw"]), 0.003, 0.2, input_hw=(SIZE, SIZE))
     rows, _ = pp.to_reference_rows(out)
     iid = int(b["image_id"][0])
     mine = sorted((d for d in res.detections if d["image_id"] == iid), key=lambda d: -d["score"])
@@ -106,7 +109,7 @@ def test_deployment_profile_and_conditions(setup):
     assert dep["num_frames"] == m["num_images"] and dep["num_events"] > 0
     assert "score_thres=0.5" in m["profile_line"] and "frames=all" in m["profile_line"]
     assert set(m["by_condition"]) <= {"view", "light", "weather", "speed"} and m["by_condition"]
-    table = ev_lib.format_table(m)
+    table = report.format_table(m)
     assert "deployment @score 0.5" in table and "mAP50" in table
 
 
@@ -140,8 +143,12 @@ def test_train_hook_and_checkpoints(setup, tmp_path):
     hook = make_eval_hook(cfg, model, mesh)
     state = jax.device_put(state, sharding.replicated(mesh))
     out = hook(state, 7)
+    images = {k: out.pop(k) for k in [k for k in out if k.startswith("images/")]}
     assert set(out) >= {"map50", "map50_95", "precision", "recall", "f1"}
     assert all(isinstance(x, float) for x in out.values())
+    # the PR curve and the detection grid for TensorBoard (the train loop writes them with write_image)
+    assert set(images) == {"images/pr_curve", "images/detection_grid"}
+    assert all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in images.values())
     # same numbers as the unsharded evaluator on the EMA weights
     ref = ev_lib.Evaluator(cfg, model=model, log=lambda s: None).run(v, collect_vis=False).metrics
     assert out["map50"] == pytest.approx(ref["map50"], abs=1e-6) and out["f1"] == pytest.approx(ref["f1"], abs=1e-6)
@@ -150,26 +157,37 @@ def test_train_hook_and_checkpoints(setup, tmp_path):
     ck = Checkpointer(str(wd), cfg, async_save=False)
     ck.save(7, state)
     ck.close()
-    ema, info = ev_lib.load_variables(cfg, workdir=str(wd), model=model, log=lambda s: None)
+    ema, info = load_variables(cfg, workdir=str(wd), model=model, log=lambda s: None)
     assert info["step"] == 0 and info["ema"]
     k = ("params", "head", "obj_preds", "0", "kernel")
     leaf = lambda t: t[k[0]][k[1]][k[2]][k[3]][k[4]]  # noqa: E731
     np.testing.assert_array_equal(np.asarray(leaf(ema)), np.asarray(leaf(v)))
-    raw, _ = ev_lib.load_variables(cfg, checkpoint=str(wd / "checkpoints" / "7"), use_ema=False, model=model,
-                                   log=lambda s: None)
+    raw, _ = load_variables(cfg, checkpoint=str(wd / "checkpoints" / "7"), use_ema=False, model=model,
+                            log=lambda s: None)
     np.testing.assert_array_equal(np.asarray(leaf(raw)), np.asarray(leaf(v)) + 1.0)
+    # a fold_bn model gets the folded EMA weights, ready to apply (no BN statistics left)
+    from beltcrack_jax.models.inference import fold_batchnorm, is_folded
+
+    folded_model = model.clone(fold_bn=True)
+    folded, _ = load_variables(cfg, workdir=str(wd), model=folded_model, log=lambda s: None)
+    assert is_folded(folded)
+    want = fold_batchnorm(v)
+    np.testing.assert_allclose(np.asarray(leaf(folded)), np.asarray(leaf(want)), rtol=1e-6)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, cfg.model.num_frames, SIZE, SIZE, 3)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(folded_model.apply(folded, x)), np.asarray(model.apply(v, x)),
+                               rtol=1e-4, atol=1e-4)
 
     other = tiny_config(cfg.data.data_dir)
     other.model.width = 0.25
     with pytest.raises(ValueError, match=r"different model config: model\.width: checkpoint 0\.125 vs config 0\.25"):
-        ev_lib.load_variables(other, workdir=str(wd), log=lambda s: None)
+        load_variables(other, workdir=str(wd), log=lambda s: None)
     # without the stored config the shapes still catch it
     os.remove(wd / "config.json")
     shutil.rmtree(wd / "checkpoints" / "7" / "config")
     with pytest.raises(ValueError, match="does not fit the model built from this config: shape mismatch"):
-        ev_lib.load_variables(other, workdir=str(wd), log=lambda s: None)
+        load_variables(other, workdir=str(wd), log=lambda s: None)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        ev_lib.load_variables(cfg, workdir=str(tmp_path), log=lambda s: None)
+        load_variables(cfg, workdir=str(tmp_path), log=lambda s: None)
 
 
 def test_evaluate_cli(setup, tmp_path):

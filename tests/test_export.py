@@ -15,7 +15,8 @@ from golden_utils import random_variables
 
 from beltcrack_jax import export as ex
 from beltcrack_jax.convert import load_config_file
-from beltcrack_jax.eval import evaluator as ev_lib
+from beltcrack_jax.data.transforms import as_hw
+from beltcrack_jax.eval.predict_step import predict_step
 from beltcrack_jax.models import build_model
 
 TINY = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"
@@ -74,7 +75,7 @@ def artefact(trained, tmp_path_factory):
 
 def _inputs(cfg, seed=0):
     rng = np.random.default_rng(seed)
-    t, (h, w) = cfg.model.num_frames, ev_lib.input_hw(cfg)
+    t, (h, w) = cfg.model.num_frames, as_hw(cfg.data.image_size)
     clips = rng.integers(0, 256, (BATCH, t, h, w, 3), dtype=np.uint8)
     resize = np.array([[w, h, 0, 0, 0], [w, 36, 0, 14, 0], [w, h, 0, 0, 0]], np.int32)   # stretch, letterbox
     orig_hw = np.array([[1080, 1920], [1080, 1920], [480, 640]], np.int32)
@@ -88,9 +89,8 @@ def test_reloaded_without_model_code_gives_the_evaluators_detections(trained, ar
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(artefact), str(tmp_path)],
                               cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # meanwhile, the evaluator's own jitted step with the CPU-tuned model evaluate.py builds here
-    want, _ = ev_lib.predict_batch(v, x["clips"], x["resize"], x["orig_hw"], x["conf"], x["nms"],
-                                   model=build_model(cfg), input_hw=ev_lib.input_hw(cfg), max_detections=None,
-                                   method="auto", normalize=ev_lib.default_normalize())
+    want, _, _ = predict_step(v, x["clips"], x["resize"], x["orig_hw"], x["conf"], x["nms"], model=build_model(cfg),
+                              max_detections=None, method="auto")
     log, _ = server.communicate(timeout=600)
     assert server.returncode == 0, log[-3000:]
     got = np.load(tmp_path / "outputs.npz")

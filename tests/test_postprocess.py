@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from beltcrack_jax.data import transforms as T
 from beltcrack_jax.eval import postprocess as pp
+from beltcrack_jax.losses import boxes as box_lib
 
 SETTINGS = [  # tag, conf, nms, letterbox (golden README)
     ("vidmap", 0.003, 0.20, False),
@@ -42,8 +44,10 @@ def test_nms_on_stored_decoded_is_exact(golden, tag, conf, nms_thr, letterbox, m
 @pytest.mark.parametrize("raw_key", ["raw_output_fp32", "raw_output_fp64"])
 def test_end_to_end_original_pixels(golden, tag, conf, nms_thr, letterbox, raw_key):
     g = golden("reference_io")
-    out = pp.postprocess(raw_nhwc(golden, raw_key), jnp.array([[1080, 1920]]), conf, nms_thr,
-                         input_hw=(256, 256), letterbox=letterbox)
+    # the pipeline's own resize geometry and its inverse (for 1080p -> 256 it is the reference's letterbox too)
+    resize = T.resize_params("letterbox" if letterbox else "stretch", (1080, 1920), 256).as_array()[None]
+    out, _ = pp.detect(raw_nhwc(golden, raw_key), jnp.asarray(resize), jnp.array([[1080, 1920]]), conf, nms_thr,
+                       input_hw=(256, 256))
     rows, idx = pp.to_reference_rows(out)
     ref, ref_idx = g[f"detections_{tag}"], g[f"detections_{tag}_anchor_index"]
     assert set(idx.tolist()) == set(ref_idx.tolist())
@@ -92,7 +96,7 @@ def test_random_multiclass_nms_equals_numpy_greedy(seed):
     for method in ("fixpoint", "sequential"):
         dets = pp.nms(jnp.asarray(dec), 0.05, 0.4, method=method)
         for b in range(2):
-            boxes = np.asarray(pp.cxcywh_to_xyxy(jnp.asarray(dec[b, :, :4])))
+            boxes = np.asarray(box_lib.cxcywh_to_xyxy(jnp.asarray(dec[b, :, :4])))
             scores = dec[b, :, 4] * dec[b, :, 5:].max(-1)
             ref = numpy_greedy_nms(boxes, scores, dec[b, :, 5:].argmax(-1), 0.05, 0.4)
             _, idx = pp.to_reference_rows(dets, b)
@@ -117,21 +121,17 @@ def test_class_aware_cap_and_candidate_mask():
     assert pp.to_reference_rows(masked)[1].tolist() == [1, 2]
 
 
-def test_letterbox_undo_equals_pipeline_params():
-    # 1920x1080 -> 512: both the reference formula and the loader's (int sizes, integer paste) give
-    # scale 0.2667, offset (112, 0); a box mapped forward must come back exactly.
-    params = pp.resize_params([[1080, 1920]], (512, 512), letterbox=True)
-    np.testing.assert_allclose(params, [[512 / 1920, 512 / 1920, 112, 0]])
-    orig = np.array([[[300.0, 200.0, 700.0, 260.0]]], np.float32)
-    s = 512 / 1920
-    inp = orig * s + np.array([0, 112, 0, 112])
-    back_a = pp.undo_resize(jnp.asarray(inp), jnp.asarray(params))
-    back_b = pp.to_original(jnp.asarray(inp / 512), (512, 512), jnp.array([[1080, 1920]]), letterbox=True)
-    np.testing.assert_allclose(np.asarray(back_a), orig, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(back_b), orig, rtol=1e-5)
-    stretch = pp.to_original(jnp.asarray(orig / [1920, 1080, 1920, 1080]), (512, 512), jnp.array([1080, 1920]),
-                             letterbox=False)
-    np.testing.assert_allclose(np.asarray(stretch), orig, rtol=1e-5)
+@pytest.mark.parametrize("mode, orig_hw", [("letterbox", (1080, 1920)), ("stretch", (1080, 1920)),
+                                           ("letterbox", (480, 500))])
+def test_boxes_to_original_inverts_the_pipeline_resize(mode, orig_hw):
+    # a box mapped forward the way the loader maps GT (x * nw / W + dx) must come back exactly
+    p = T.resize_params(mode, orig_hw, 512)
+    orig = np.array([[[300.0, 200.0, 460.0, 260.0]]], np.float32)
+    fwd = orig * np.array([p.nw / p.orig_w, p.nh / p.orig_h] * 2) + np.array([p.dx, p.dy] * 2)
+    back = T.boxes_to_original(jnp.asarray(fwd, jnp.float32), p.as_array()[None], np.array([orig_hw]))
+    np.testing.assert_allclose(np.asarray(back), orig, rtol=1e-5)
+    if (mode, orig_hw) == ("letterbox", (1080, 1920)):
+        assert (p.nw, p.nh, p.dx, p.dy) == (512, 288, 0, 112)
 
 
 def test_bad_shapes_raise():
@@ -142,4 +142,4 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="method"):
         pp.nms(jnp.zeros((1, 8, 6)), 0.1, 0.5, method="fast")
     with pytest.raises(ValueError, match="positive"):
-        pp.resize_params([[0, 10]], (64, 64), True)
+        T.resize_params("letterbox", (0, 10), 64)

@@ -93,6 +93,32 @@ def test_stream_equals_window(tiny):
     assert np.abs(st[-1].raw - st[0].raw).max() > 1e-3 * scale
 
 
+@pytest.mark.parametrize("variant", ["bfloat16", "fold_bn"])
+def test_stream_equals_window_with_inference_switches(tiny, variant):
+    """Streaming goes through BeltCrackDet's own methods, so compute_dtype and fold_bn apply to it as to the
+    window (full-model) path."""
+    from beltcrack_jax.models.inference import fold_batchnorm
+
+    _, model, v = tiny
+    if variant == "bfloat16":
+        model, tol = model.clone(compute_dtype="bfloat16"), 2e-2
+    else:
+        model, v, tol = model.clone(fold_bn=True), fold_batchnorm(v), 2e-4
+    kw = dict(input_hw=(SIZE, SIZE), letterbox=False, conf_thres=0.05, nms_thres=0.5, keep_raw=True)
+    seq = frames(n=6)
+    win = list(pr.Predictor(model, v, **kw).run(iter(seq), mode="window"))
+    st = list(pr.Predictor(model, v, **kw).run(iter(seq), mode="stream"))
+    scale = max(np.abs(r.raw).max() for r in win)
+    for a, b in zip(win, st):
+        np.testing.assert_allclose(b.raw, a.raw, rtol=0, atol=tol * scale)
+    assert sum(len(r.scores) for r in win) > 0
+    # and the switch is really on: the outputs differ from the plain float32 model's by more than float noise
+    _, plain_model, plain_v = tiny
+    plain = list(pr.Predictor(plain_model, plain_v, **kw).run(iter(seq[:2]), mode="window"))
+    if variant == "bfloat16":
+        assert np.abs(plain[1].raw - win[1].raw).max() > 1e-4 * scale
+
+
 def test_folder_source_order_and_errors(tmp_path):
     d = tmp_path / "seq"
     d.mkdir()

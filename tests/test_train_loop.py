@@ -161,6 +161,18 @@ def tensorboard_scalars(tb_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def tensorboard_images(tb_dir) -> dict[str, list[tuple[int, tuple[int, int], np.ndarray]]]:
+    """{tag: [(step, (height, width), decoded RGB)]} read back with tensorboard's event reader."""
+    import io
+
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return {tag: [(e.step, (e.height, e.width), np.asarray(Image.open(io.BytesIO(e.encoded_image_string))))
+                  for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
 def check_logs(work, steps):
     """stdout/JSONL/TensorBoard logging of a run with log_every_steps=1."""
     rows = read_jsonl(work)
@@ -355,21 +367,29 @@ def test_validation_selects_best_checkpoint_and_draws_curves(tmp_path):
     """Periodic evaluation runs on data.val_split, the best val mAP50 is kept in <workdir>/best next to the latest
     checkpoints (evaluate.py --step best), and the learning-curve PNG is rebuilt from metrics.jsonl, also after a
     resume."""
-    from beltcrack_jax.eval.evaluator import resolve_checkpoint
     from beltcrack_jax.train import curves
+    from beltcrack_jax.train.checkpoint import resolve_checkpoint
 
     val_map = {2: 0.2, 4: 0.5, 6: 0.3, 8: 0.1}
     seen = []
 
     def hook(state, step):
         seen.append((step, int(state.step)))
-        return {"map50": val_map[step], "recall": 0.5}
+        # the real hook's figures (eval.evaluator.make_eval_hook) come back the same way: uint8 HWC arrays
+        return {"map50": val_map[step], "recall": 0.5, "images/pr_curve": np.full((6, 8, 3), step, np.uint8),
+                "images/detection_grid": np.zeros((4, 12, 3), np.uint8)}
 
     work = tmp_path / "w"
     cfg = small_config(steps=6)
     cfg.train.eval_every_steps = 2
     run(cfg, work, eval_hook=hook)
     assert seen == [(2, 2), (4, 4), (6, 6)]
+    images = tensorboard_images(work / "tb")
+    assert [s for s, _, _ in images["val/pr_curve"]] == [2, 4, 6]
+    assert all(hw == (6, 8) for _, hw, _ in images["val/pr_curve"])
+    assert images["val/pr_curve"][1][2][0, 0].tolist() == [4, 4, 4]          # the pixels of step 4's image
+    assert [hw for _, hw, _ in images["val/detection_grid"]] == [(4, 12)] * 3
+    assert not any("images" in k for r in read_jsonl(work) for k in r)         # images are not scalars
     best = json.load(open(work / "best" / "best.json"))
     assert best == {"step": 4, "metric": "map50", "value": 0.5, "split": "val"}
     assert sorted(os.listdir(work / "best")) == ["4", "best.json"]          # only the best is kept there

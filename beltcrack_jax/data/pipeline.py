@@ -43,6 +43,7 @@ from beltcrack_jax.data.fingerprint import dataset_fingerprint
 from beltcrack_jax.data.transforms import normalize, normalize_np  # noqa: F401  (re-exported)
 
 KEY_FRAME_MODES = ("annotated", "labelled", "all")
+CONDITION_TAGS = ("view", "light", "weather", "speed")   # per-sequence tags of the release
 _HUGE_EPOCHS = 10**6
 
 
@@ -108,17 +109,28 @@ class SplitIndex:
         a, b = self.box_offset[i], self.box_offset[i + 1]
         return self.boxes[a:b], self.labels[a:b]
 
-    def coco_ground_truth(self) -> dict:
-        """COCO dict of the split's annotated frames (ids, sizes, boxes exactly as in the release json)."""
+    def coco_ground_truth(self, records=None) -> dict:
+        """COCO dict of the split's annotated frames (ids, sizes, boxes exactly as in the release json), or of
+        those among `records` (record indices). Images also carry `sequence`, `frame_index`, `record_index` and
+        the sequence's condition tags (`CONDITION_TAGS`), which the deployment and per-condition metrics read."""
+        recs = np.flatnonzero(self.annotated) if records is None else np.asarray(records, np.int64)
         images, anns = [], []
-        for i in np.flatnonzero(self.annotated):
-            images.append(dict(id=int(self.image_id[i]), file_name=self.file_name[i], width=int(self.width[i]),
-                               height=int(self.height[i])))
-            for box, lab in zip(*self.frame_boxes(int(i))):
+        for i in (int(r) for r in recs):
+            if not self.annotated[i]:
+                continue
+            seq = self.sequences[int(self.sequence_id[i])]
+            im = dict(id=int(self.image_id[i]), file_name=self.file_name[i], width=int(self.width[i]),
+                      height=int(self.height[i]), sequence=seq.get("name", str(self.sequence_id[i])),
+                      frame_index=int(self.frame_index[i]), record_index=i)
+            im.update({k: str(seq.get(k, "") or "") for k in CONDITION_TAGS})
+            images.append(im)
+            for box, lab in zip(*self.frame_boxes(i)):
                 x, y, w, h = (float(v) for v in box)
-                anns.append(dict(id=len(anns) + 1, image_id=int(self.image_id[i]), category_id=int(lab) + 1,
+                anns.append(dict(id=len(anns) + 1, image_id=im["id"], category_id=int(lab) + 1,
                                  bbox=[x, y, w, h], area=w * h, iscrowd=0))
-        return dict(images=images, annotations=anns, categories=[dict(id=1, name="crack")])
+        ncat = int(self.labels.max()) + 1 if len(self.labels) else 1
+        cats = [dict(id=1, name="crack")] + [dict(id=c + 1, name=f"class{c}") for c in range(1, ncat)]
+        return dict(images=images, annotations=anns, categories=cats)
 
 
 def clip_record_indices(key: int, sequence_start: int, num_frames: int) -> np.ndarray:
@@ -368,31 +380,42 @@ class EvalSampler:
 # config -> iterators
 
 
-def _cfg_get(cfg, key, default):
-    try:
-        v = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except (AttributeError, KeyError):
-        v = default
-    return default if v is None else v
+@functools.cache
+def _default_data():
+    from beltcrack_jax.configs import default
+
+    return default.get_config().data
 
 
-def clip_spec(config, *, train: bool) -> ClipSpec:
+def _data(config, key: str):
+    """config.data.<key>. A hand-built config without the field gets configs/default.py's value: the defaults
+    live in that one file, not in the readers."""
     d = config.data
-    aug = _cfg_get(d, "augment", {}) if train else {}
-    resize = _cfg_get(d, "train_resize" if train else "eval_resize", "letterbox" if train else "stretch")
+    return d[key] if key in d else _default_data()[key]
+
+
+def _augment(config) -> dict:
+    """config.data.augment with default.py's values for the fields a partial override leaves out."""
+    aug = _data(config, "augment")
+    return {**_default_data().augment.to_dict(), **(aug.to_dict() if hasattr(aug, "to_dict") else dict(aug))}
+
+
+def clip_spec(config, *, train: bool, resize: str | None = None) -> ClipSpec:
+    """`resize`: the evaluation profile's mode, instead of `config.data.eval_resize`."""
+    aug = _augment(config) if train else dict(flip=False, hsv=False, scale_jitter=False)
+    if resize is None:
+        resize = _data(config, "train_resize" if train else "eval_resize")
     if resize not in tr.RESIZE_MODES:
         raise ValueError(f"config.data.{'train' if train else 'eval'}_resize must be one of {tr.RESIZE_MODES}, "
                          f"got {resize!r}")
-    decoder = _cfg_get(d, "decoder", "pil")
+    decoder = _data(config, "decoder")
     if decoder not in tr.DECODERS:
         raise ValueError(f"config.data.decoder must be one of {tr.DECODERS}, got {decoder!r}")
     return ClipSpec(
-        num_frames=int(config.model.num_frames), image_hw=tr.as_hw(_cfg_get(d, "image_size", 512)), resize=resize,
-        max_boxes=int(_cfg_get(d, "max_boxes", 64)), decoder=decoder,
-        flip=bool(_cfg_get(aug, "flip", False)), hsv=bool(_cfg_get(aug, "hsv", False)),
-        scale_jitter=bool(_cfg_get(aug, "scale_jitter", False)),
-        hsv_gains=tuple(_cfg_get(aug, "hsv_gains", (0.015, 0.7, 0.4))),
-        scale_range=tuple(_cfg_get(aug, "scale_range", (0.75, 1.25))),
+        num_frames=int(config.model.num_frames), image_hw=tr.as_hw(_data(config, "image_size")), resize=resize,
+        max_boxes=int(_data(config, "max_boxes")), decoder=decoder,
+        flip=bool(aug["flip"]), hsv=bool(aug["hsv"]), scale_jitter=bool(aug["scale_jitter"]),
+        **({"hsv_gains": tuple(aug["hsv_gains"]), "scale_range": tuple(aug["scale_range"])} if train else {}),
     )
 
 
@@ -423,35 +446,32 @@ def _check_index(index: SplitIndex, keys: np.ndarray, spec: ClipSpec, name: str,
 
 
 def _num_classes(config) -> int | None:
-    model = _cfg_get(config, "model", None)
-    n = _cfg_get(model, "num_classes", None) if model is not None else None
+    n = config.model.get("num_classes")   # a hand-built config without it: no class-id check
     return int(n) if n is not None else None
 
 
 def _resolve(config, split, data_dir):
-    d = config.data
-    name = _cfg_get(d, "name", None)
+    name = _data(config, "name")
     if not name:
         raise ValueError("config.data.name is not set (e.g. 'beltcrack/synthetic_demo')")
-    data_dir = data_dir if data_dir is not None else _cfg_get(d, "data_dir", None)
+    data_dir = data_dir if data_dir is not None else _data(config, "data_dir")
     return name, split, data_dir
 
 
 def _finish(loader, config, sampler_len: int):
     import grain
 
-    d = config.data
     ds = grain.MapDataset.range(sampler_len).map(loader)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_cfg_get(d, "num_threads", 2)),
-                                              prefetch_buffer_size=int(_cfg_get(d, "prefetch", 2))))
-    workers = int(_cfg_get(d, "num_workers", 0))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(_data(config, "num_threads")),
+                                              prefetch_buffer_size=int(_data(config, "prefetch"))))
+    workers = int(_data(config, "num_workers"))
     if workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # grain reads absl flags in its workers; scripts without absl.app
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                          per_worker_buffer_size=int(_cfg_get(d, "prefetch", 2))))
+                                                          per_worker_buffer_size=int(_data(config, "prefetch"))))
     return ds
 
 
@@ -467,21 +487,21 @@ def make_train_dataset(config, split: str | None = None, *, process_index: int =
                        batch_size_per_process: int, seed: int | None = None, data_dir: str | None = None,
                        num_epochs: int | None = None):
     """grain IterDataset of training batches (see module docstring). Returns (dataset, info dict)."""
-    split = split or _cfg_get(config.data, "train_split", "train")
+    split = split or _data(config, "train_split")
     name, split, data_dir = _resolve(config, split, data_dir)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     if batch_size_per_process < 1:
         raise ValueError(f"batch_size_per_process must be >= 1, got {batch_size_per_process}")
-    seed = int(_cfg_get(config, "seed", 0) if seed is None else seed)
+    seed = int(config.seed if seed is None else seed)
     spec = clip_spec(config, train=True)
-    skip_invalid = bool(_cfg_get(config.data, "skip_invalid", False))
-    src, index = open_source(name, split, data_dir, prepare=bool(_cfg_get(config.data, "prepare", True)),
+    skip_invalid = bool(_data(config, "skip_invalid"))
+    src, index = open_source(name, split, data_dir, prepare=bool(_data(config, "prepare")),
                              skip_invalid=skip_invalid)
-    keys = _check_index(index, index.key_frames(_cfg_get(config.data, "key_frames", "annotated")), spec, name,
+    keys = _check_index(index, index.key_frames(_data(config, "key_frames")), spec, name,
                         split, skip_invalid, _num_classes(config))
     sampler = TrainSampler(keys=keys, batch_size=batch_size_per_process, process_index=process_index,
-                           process_count=process_count, seed=seed, shuffle=bool(_cfg_get(config.data, "shuffle", True)))
+                           process_count=process_count, seed=seed, shuffle=bool(_data(config, "shuffle")))
     if sampler.steps_per_epoch == 0:
         raise ValueError(f"{name}/{split}: {len(keys)} key frames are fewer than one global batch "
                          f"({batch_size_per_process} x {process_count} processes)")
@@ -507,17 +527,19 @@ def make_train_iterator(config, split: str | None = None, *, process_index: int 
     return it
 
 
-def make_eval_dataset(config, split: str | None = None, *, process_index: int = 0, process_count: int = 1,
-                      batch_size_per_process: int, data_dir: str | None = None, key_frames: str | None = None):
-    split = split or _cfg_get(config.data, "eval_split", "test")
+def make_eval_dataset(config, split: str, *, process_index: int = 0, process_count: int = 1,
+                      batch_size_per_process: int, data_dir: str | None = None, key_frames: str | None = None,
+                      resize: str | None = None):
+    """Dataset of `make_eval_iterator`; `key_frames` / `resize` override `config.data.eval_key_frames` /
+    `config.data.eval_resize` (the evaluation profile passes its own)."""
     name, split, data_dir = _resolve(config, split, data_dir)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-    spec = clip_spec(config, train=False)
-    skip_invalid = bool(_cfg_get(config.data, "skip_invalid", False))
-    src, index = open_source(name, split, data_dir, prepare=bool(_cfg_get(config.data, "prepare", True)),
+    spec = clip_spec(config, train=False, resize=resize)
+    skip_invalid = bool(_data(config, "skip_invalid"))
+    src, index = open_source(name, split, data_dir, prepare=bool(_data(config, "prepare")),
                              skip_invalid=skip_invalid)
-    mode = key_frames or _cfg_get(config.data, "eval_key_frames", "annotated")
+    mode = key_frames or _data(config, "eval_key_frames")
     keys = _check_index(index, index.key_frames(mode), spec, name, split, skip_invalid, _num_classes(config))
     sampler = EvalSampler(keys=keys, batch_size=batch_size_per_process, process_index=process_index,
                           process_count=process_count)
@@ -528,17 +550,14 @@ def make_eval_dataset(config, split: str | None = None, *, process_index: int = 
     return ds, info
 
 
-def make_eval_iterator(config, split: str | None = None, *, process_index: int = 0, process_count: int = 1,
-                       batch_size_per_process: int, data_dir: str | None = None, key_frames: str | None = None):
+def make_eval_iterator(config, split: str, *, process_index: int = 0, process_count: int = 1,
+                       batch_size_per_process: int, data_dir: str | None = None, key_frames: str | None = None,
+                       resize: str | None = None):
     """One pass over every key frame exactly once (over all processes); the last batches are padded with
     valid=False clips. All processes yield the same number of batches (`it.info['num_batches']`)."""
     ds, info = make_eval_dataset(config, split, process_index=process_index, process_count=process_count,
                                  batch_size_per_process=batch_size_per_process, data_dir=data_dir,
-                                 key_frames=key_frames)
+                                 key_frames=key_frames, resize=resize)
     it = iter(ds)
     it.info = info
     return it
-
-
-def describe_batch(batch: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v.dtype}{tuple(v.shape)}" for k, v in batch.items())

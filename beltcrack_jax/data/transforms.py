@@ -214,17 +214,20 @@ def transform_boxes(xyxy_int: np.ndarray, labels: np.ndarray, params: ResizePara
     return out, labels[keep]
 
 
-def input_to_original_xyxy(boxes_xyxy_input, params_array, orig_hw) -> np.ndarray:
-    """Undo the resize for predictions: input-px xyxy -> original-px xyxy (float64), given the clip's
-    `resize` metadata [nw, nh, dx, dy, flip] and original (H, W). Helper for evaluators."""
-    b = np.asarray(boxes_xyxy_input, np.float64).reshape(-1, 4).copy()
-    nw, nh, dx, dy, flip = (int(v) for v in np.asarray(params_array).reshape(-1)[:5])
-    ih, iw = (int(v) for v in orig_hw)
-    if flip:
-        raise ValueError("cannot map boxes of a flipped (augmented) clip back to the original frame")
-    b[:, [0, 2]] = (b[:, [0, 2]] - dx) * iw / nw
-    b[:, [1, 3]] = (b[:, [1, 3]] - dy) * ih / nh
-    return b
+def boxes_to_original(boxes_xyxy_input, resize, orig_hw):
+    """The inverse of `resize_params` for predictions, on device: (B, K, 4) xyxy input px -> original px, given
+    the per-clip `resize` metadata (B, 5) `[nw, nh, dx, dy, flip]` (`ResizeParams.as_array`) and the original
+    (B, 2) (H, W): x_orig = (x_in - dx) / (nw / W). Letterbox and stretch alike (the flip flag is ignored:
+    evaluation never flips). jit-friendly."""
+    import jax.numpy as jnp
+
+    r = jnp.asarray(resize).astype(jnp.float32)
+    hw = jnp.asarray(orig_hw).astype(jnp.float32)
+    sx, sy = (r[:, 0] / hw[:, 1])[:, None], (r[:, 1] / hw[:, 0])[:, None]
+    dx, dy = r[:, 2, None], r[:, 3, None]
+    b = boxes_xyxy_input
+    return jnp.stack([(b[..., 0] - dx) / sx, (b[..., 1] - dy) / sy, (b[..., 2] - dx) / sx, (b[..., 3] - dy) / sy],
+                     axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

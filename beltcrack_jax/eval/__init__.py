@@ -1,10 +1,13 @@
 """Evaluation: decode + NMS on device, the reference's COCO metrics, deployment metrics, profiles, figures.
 
-    postprocess   decode / class-aware NMS (jit, static shapes) / boxes back to original pixels
+    postprocess   decode / class-aware NMS (static shapes) / boxes back to original pixels: `detect`
+    predict_step  the one jitted inference step (normalise -> model -> detect), shared by every caller
     coco          coco_metrics(gt, detections, profile) -> map50, map50_95, precision, recall, f1, ...
     deployment    deployment_metrics(gt, detections): per-frame false positives, event recall and delay
     profiles      paper / paper-stated / callback / deployment (every threshold, printed by describe())
-    evaluator     Evaluator(config).run(variables); make_eval_hook(config, model, mesh) for the train loop
+    runner        Evaluator(config).run(variables) -> EvalResult: one split, one profile
+    report        summary table, metrics.json / detections.json / conditions.csv, figures (PNG or arrays)
+    evaluator     run_evaluation (evaluate.py) and make_eval_hook(config, model, mesh) (the train loop)
     plots         PR curve, Fig.-7-style detection grid, objectness heat-map overlay
 """
 

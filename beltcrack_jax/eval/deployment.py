@@ -26,7 +26,6 @@ Event level (a crack = one physical crack followed across the frames it is in vi
 from __future__ import annotations
 
 import collections
-import math
 import os
 from typing import Any
 
@@ -228,8 +227,3 @@ def deployment_metrics(gt: dict, detections: list[dict], *, score_thres: float =
         "delay_max": float(delays.max()) if delays.size else float("nan"),
         "events": events,
     }
-
-
-def finite_or_none(x):
-    """JSON helper: NaN/inf -> None."""
-    return x if not (isinstance(x, float) and not math.isfinite(x)) else None

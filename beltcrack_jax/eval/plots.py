@@ -104,12 +104,9 @@ def detection_grid(frames: Sequence[np.ndarray], gts: Sequence[np.ndarray], dets
     return np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
 
 
-def legend_text() -> str:
-    return "green = true positive, red = missed crack, yellow = false positive"
-
-
-def pr_curve_png(path: str, curves: dict[str, tuple[Sequence[float], float]], title: str = "") -> str:
-    """PR curves at IoU 0.5: curves = {label: (101 interpolated precisions (-1 = undefined), AP50)}."""
+def pr_curve_image(curves: dict[str, tuple[Sequence[float], float]], title: str = "") -> np.ndarray:
+    """PR curves at IoU 0.5 as a uint8 RGB image: curves = {label: (101 interpolated precisions (-1 =
+    undefined), AP50)}."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -128,18 +125,16 @@ def pr_curve_png(path: str, curves: dict[str, tuple[Sequence[float], float]], ti
     ax.grid(alpha=0.3)
     ax.set_title(title or "precision-recall")
     ax.legend(loc="lower left", fontsize=8)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
-    return path
+    return rgb
 
 
-def score_map(raw: np.ndarray) -> np.ndarray:
-    """(h, w, 5+C) raw head output of one image -> (h, w) sigmoid(obj) * max_c sigmoid(cls)."""
-    raw = np.asarray(raw, np.float64)
-    sig = 1.0 / (1.0 + np.exp(-raw[..., 4:]))
-    return (sig[..., 0] * sig[..., 1:].max(-1)).astype(np.float32)
+def pr_curve_png(path: str, curves: dict[str, tuple[Sequence[float], float]], title: str = "") -> str:
+    """`pr_curve_image` saved as a PNG -> path."""
+    return save_png(path, pr_curve_image(curves, title))
 
 
 def heatmap_overlay(rgb: np.ndarray, smap: np.ndarray, resize_nw_nh_dx_dy: Sequence[int], input_hw,

@@ -5,6 +5,7 @@ The formulas reproduce the reference (`nets/yolo_training.py`) operation by oper
 match it to the last bits where the order of operations allows it:
 
 * `pairwise_iou`   = `YOLOLoss.bboxes_iou(a, b, xyxy=False)` (SimOTA's IoU; no eps in the denominator).
+* `pairwise_iou_xyxy` = the IoU of torchvision's NMS kernel (the evaluation's NMS, `eval/postprocess.py`).
 * `ciou`           = `IOUloss(loss_type="ciou")` before the `1 - clamp(., -1, 1)`; `iou_loss` gives the loss.
 * `nwd`            = `wasserstein_loss` (normalised Gaussian Wasserstein distance, C = 12).
 * `make_anchors` / `decode_boxes` = the grid of `YOLOLoss.get_output_and_grid` / `utils_bbox.decode_outputs`
@@ -68,6 +69,22 @@ def pairwise_iou(a: jax.Array, b: jax.Array) -> jax.Array:
     en = jnp.all(tl < br, axis=-1).astype(a.dtype)
     area_i = (br[..., 0] - tl[..., 0]) * (br[..., 1] - tl[..., 1]) * en
     return area_i / (area_a[:, None] + area_b[None, :] - area_i)
+
+
+def pairwise_iou_xyxy(a: jax.Array, b: jax.Array) -> jax.Array:
+    """IoU of (M, 4) x (N, 4) xyxy boxes -> (M, N) with torchvision's NMS formula: inter = max(0, overlap) per
+    axis, IoU = inter / (area_a + area_b - inter), no epsilon (kept apart from `pairwise_iou`: NMS keep decisions
+    at the threshold depend on these exact roundings)."""
+    _check_last4("pairwise_iou_xyxy(a)", a)
+    _check_last4("pairwise_iou_xyxy(b)", b)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    xx1 = jnp.maximum(a[:, None, 0], b[None, :, 0])
+    yy1 = jnp.maximum(a[:, None, 1], b[None, :, 1])
+    xx2 = jnp.minimum(a[:, None, 2], b[None, :, 2])
+    yy2 = jnp.minimum(a[:, None, 3], b[None, :, 3])
+    inter = jnp.maximum(0.0, xx2 - xx1) * jnp.maximum(0.0, yy2 - yy1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def _paired_iou_parts(pred: jax.Array, target: jax.Array):

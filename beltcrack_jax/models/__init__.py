@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 
 from beltcrack_jax.models.detector import BeltCrackDet
 
-MODEL_FIELDS = ("num_frames", "num_classes", "depth", "backbone_width", "width", "hsm", "atm", "wfm", "rcu",
-                "per_frame_bn_stats", "fast_ops", "fold_bn", "compute_dtype", "remat", "swin_window_chunk",
-                "backbone_per_frame", "swin_heads")
-
-
-_MISSING = object()
-
-
-def _field(cfg: Any, name: str) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, _MISSING)
-    return getattr(cfg, name, _MISSING)
+# config.model fields that are BeltCrackDet's own (the module's dataclass fields are the list, so it cannot
+# drift); the other config.model fields (init, prior_prob) belong to `initializers`.
+_MODULE_FIELDS = tuple(f.name for f in dataclasses.fields(BeltCrackDet) if f.name not in ("parent", "name"))
 
 
 def build_model(config: Any) -> nn.Module:
     """BeltCrackDet from a config: either the full `get_config()` ConfigDict (its `.model` field is used) or
-    that `.model` field itself (a ConfigDict, dict or any object with the fields of `configs/default.py`'s `model`
+    that `.model` section itself (a ConfigDict or dict with the fields of `configs/default.py`'s `model`
     section; a field left out takes BeltCrackDet's default, which equals the reference)."""
-    model_cfg = config
-    if _field(config, "num_frames") is _MISSING and _field(config, "model") is not _MISSING:
-        model_cfg = _field(config, "model")
-    kwargs = {name: _field(model_cfg, name) for name in MODEL_FIELDS}
-    kwargs = {k: v for k, v in kwargs.items() if v is not _MISSING}
+    section = config.model if "model" in config and "num_frames" not in config else config
+    section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    kwargs = {k: section[k] for k in _MODULE_FIELDS if k in section}
     if "rcu" in kwargs:
         kwargs["rcu"] = int(kwargs["rcu"])
     if "swin_window_chunk" in kwargs:
@@ -68,4 +58,4 @@ def resolve_swin_window_chunk(value: int, backend: str | None = None) -> int:
     return value
 
 
-__all__ = ["BeltCrackDet", "build_model", "resolve_backbone_per_frame", "resolve_swin_window_chunk", "MODEL_FIELDS"]
+__all__ = ["BeltCrackDet", "build_model", "resolve_backbone_per_frame", "resolve_swin_window_chunk"]

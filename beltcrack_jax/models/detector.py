@@ -8,6 +8,9 @@
 Output channels `[tx, ty, tw, th, obj_logit, cls_logit_0..K-1]`, raw. C = 128·width (reference: 128).
 Input requirement: H and W multiples of 32 (the FPN concatenates the upsampled stride-32 map with the
 stride-16 one, and the TAR hourglass of ATM halves H/8 twice and doubles it back).
+Streaming (predict.py) applies the parts on their own: `model.apply(v, frames, method=BeltCrackDet.backbone_features)`
+per new frame, then `method=BeltCrackDet.neck_head` on the cached (B, T, ...) features; both go through the same
+inference switches (fold_bn, compute_dtype) as `__call__`.
 Train mode: call with `train=True` and `mutable=['batch_stats']`. With `per_frame_bn_stats` every backbone
 BatchNorm normalises each frame with its own statistics and updates its running statistics T times in frame
 order, as the reference's T separate backbone calls do.
@@ -48,7 +51,7 @@ class BeltCrackDet(nn.Module):
     remat: str = "none"              # 'none' | 'modules' | 'dots': jax.checkpoint units for the backward pass
     swin_window_chunk: int = 0       # fast_ops: Swin windows per attention call (0: all at once; build_model: auto)
     # One backbone call per frame (T calls on B images) instead of one on B*T: independent chains that XLA:CPU
-    # runs side by side on its threads (~6 % faster forward on 2 cores). Same outputs; in training (per-frame
+    # runs side by side on its threads (faster on CPU: BENCHMARKS.md). Same outputs; in training (per-frame
     # BN statistics) the running statistics are then updated once per call, in frame order, as the reference's
     # T backbone calls do. Ignored with per_frame_bn_stats=False in training (one set of statistics over B*T).
     backbone_per_frame: bool = False
@@ -74,6 +77,21 @@ class BeltCrackDet(nn.Module):
 
     def __call__(self, clips: jax.Array, train: bool = False) -> jax.Array:
         self.check_input(clips)
+        return self._run(clips, train, "all")
+
+    def backbone_features(self, frames: jax.Array) -> jax.Array:
+        """Eval-mode backbone alone: (N, H, W, 3) normalised frames -> (N, H/8, W/8, C) float32 P3 features.
+        With `neck_head` this is the model split for streaming (each frame's backbone runs once):
+        `model.apply(variables, x, method=BeltCrackDet.backbone_features)`."""
+        return self._run(frames, False, "backbone")
+
+    def neck_head(self, feats: jax.Array) -> jax.Array:
+        """Eval-mode neck + head: (B, T, h, w, C) per-frame features (key frame last) -> raw (B, h, w, 5+K).
+        The "w/o All" ablation (no neck) uses only the key frame's features."""
+        return self._run(feats, False, "neck_head")
+
+    def _run(self, x: jax.Array, train: bool, part: str) -> jax.Array:
+        """The inference switches (fold_bn, compute_dtype) around `_forward`, the same for every entry point."""
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.remat not in REMAT_POLICIES:
@@ -88,38 +106,48 @@ class BeltCrackDet(nn.Module):
         ctx = folded_batchnorm() if self.fold_bn else contextlib.nullcontext()
         with ctx:
             if low and not self.is_initializing():
-                out = self._forward(clips.astype(self.compute_dtype), train, cast=True)
-                return out.astype(jnp.float32)
-            return self._forward(clips, train)
+                # f32 out: the streaming ring stores features as f32, which round-trips bf16 exactly
+                return self._forward(x.astype(self.compute_dtype), train, part, cast=True).astype(jnp.float32)
+            return self._forward(x, train, part)
 
     @nn.compact
-    def _forward(self, clips: jax.Array, train: bool, cast: bool = False) -> jax.Array:
-        b, t, h, w, _ = clips.shape
+    def _forward(self, x: jax.Array, train: bool, part: str, cast: bool = False) -> jax.Array:
+        """part 'all': clips -> raw; 'backbone': frames -> P3; 'neck_head': (B, T, ...) P3 -> raw. One compact
+        method for all three, so the submodules (and their variables) are the same whichever part runs."""
         multi = neck_uses_frames(self.hsm, self.atm, self.wfm, self.rcu)
-        if multi:
-            frames, groups = clips.reshape(b * t, h, w, 3), (t if self.per_frame_bn_stats else 1)
-        else:  # "w/o All": a single-frame detector on the key frame
-            frames, groups = clips[:, -1], 1
         wrap = self._wrap(cast)
-        per_frame = multi and self.backbone_per_frame and (self.per_frame_bn_stats or not train)
-        backbone = wrap(YOLOPAFPN, remat=False)(self.depth, self.backbone_width, self.width,
-                                                frame_groups=1 if per_frame else groups, fast_ops=self.fast_ops,
-                                                remat=self.remat, name="backbone")
-        if per_frame:
-            by_frame = frames.reshape((b, t) + frames.shape[1:])
-            p3 = jnp.stack([backbone(by_frame[:, i], train) for i in range(t)], axis=1)
-            p3 = p3.reshape((b * t,) + p3.shape[2:])
+        if part == "neck_head":
+            feats = x
         else:
-            p3 = backbone(frames, train)
+            if part == "all":
+                b, t = x.shape[:2]
+                if multi:
+                    frames, groups = x.reshape((b * t,) + x.shape[2:]), (t if self.per_frame_bn_stats else 1)
+                else:  # "w/o All": a single-frame detector on the key frame
+                    frames, groups = x[:, -1], 1
+                per_frame = multi and self.backbone_per_frame and (self.per_frame_bn_stats or not train)
+            else:
+                frames, groups, per_frame = x, 1, False
+            backbone = wrap(YOLOPAFPN, remat=False)(self.depth, self.backbone_width, self.width,
+                                                    frame_groups=1 if per_frame else groups, fast_ops=self.fast_ops,
+                                                    remat=self.remat, name="backbone")
+            if per_frame:
+                by_frame = frames.reshape((b, t) + frames.shape[1:])
+                p3 = jnp.stack([backbone(by_frame[:, i], train) for i in range(t)], axis=1)
+                p3 = p3.reshape((b * t,) + p3.shape[2:])
+            else:
+                p3 = backbone(frames, train)
+            if part == "backbone":
+                return p3
+            feats = p3.reshape((b, t) + p3.shape[1:]) if multi else p3[:, None]
         if multi:
-            feats = p3.reshape((b, t) + p3.shape[1:])
             self.sow("intermediates", "backbone_feats", feats)
-            neck = wrap(Neck, remat=False)(p3.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
+            neck = wrap(Neck, remat=False)(feats.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
                                            self.remat, self.swin_window_chunk, swin_heads=self.swin_heads,
                                            wavelet=self.wavelet, name="neck")
             fused = neck(feats, train)
         else:
-            fused = p3
+            fused = feats[:, -1]
         return wrap(YOLOXHead)(self.num_classes, self.width, self.fast_ops, name="head")(fused, train)
 
     def _wrap(self, cast: bool):

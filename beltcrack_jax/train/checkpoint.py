@@ -10,6 +10,12 @@ Restore takes an abstract state carrying the CURRENT mesh's shardings, so a chec
 restores onto 1 (or 2 processes × 2 devices) and vice versa. `restore_latest` falls back from an unreadable newest
 step to the previous good one (with a warning naming it), checks the restored step and refuses a checkpoint of
 another dataset (fingerprint) unless told otherwise. Temp folders of saves killed half-way are removed on start.
+
+Reading weights for inference (evaluate.py, predict, export): `load_variables(config, workdir=... |
+checkpoint=...)` finds the step (`resolve_checkpoint`: latest, a number or 'best'), restores the state read-only
+(no optimiser needed) and returns the EMA (default) or raw weights, checked against the model's shapes; a
+checkpoint of another model config is refused with the differing fields named. This module is the only reader
+of the layout it writes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from typing import Any, Callable
 import grain
 import jax
 import jax.experimental.multihost_utils
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 # Config fields that may change between a run and its resumption (they do not change what is trained).
 RUN_CONTROL_KEYS = ("train.log_every_steps", "train.progress_bar", "train.checkpoint_every_steps",
@@ -41,17 +50,8 @@ def config_to_json(config) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str))
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out = {}
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> list[str]:
-    a, b = _flat(stored), _flat(current)
+    a, b = traverse_util.flatten_dict(stored, sep="."), traverse_util.flatten_dict(current, sep=".")
     diffs = []
     for k in sorted(set(a) | set(b)):
         if any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore):
@@ -59,6 +59,146 @@ def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = RU
         if a.get(k, "<absent>") != b.get(k, "<absent>"):
             diffs.append(f"{k}: stored {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}")
     return diffs
+
+
+def check_variables(variables: dict, expected: dict, what: str) -> None:
+    """ValueError naming missing / unexpected / mis-shaped leaves of `variables` vs the model's `expected`."""
+    got, want = ({k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(t).items()}
+                 for t in (variables, expected))
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    shape = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    if missing or extra or shape:
+        parts = []
+        if shape:
+            parts.append("shape mismatch: " + "; ".join(f"{'/'.join(k)} {got[k]} vs model {want[k]}"
+                                                          for k in shape[:5]))
+        if missing:
+            parts.append(f"{len(missing)} model variable(s) missing, e.g. {'/'.join(missing[0])}")
+        if extra:
+            parts.append(f"{len(extra)} unexpected variable(s), e.g. {'/'.join(extra[0])}")
+        raise ValueError(f"{what} does not fit the model built from this config: " + "; ".join(parts)
+                         + " (was it trained with another config.model?)")
+
+
+def resolve_checkpoint(workdir: str | None = None, checkpoint: str | None = None,
+                       step: int | str | None = None) -> tuple[str, str | None]:
+    """-> (state item folder, step folder or None). `checkpoint` may be a workdir, its `checkpoints/` folder,
+    a step folder (`checkpoints/<step>`) or the `state` item folder itself. `step`: a number, 'latest' (None)
+    or 'best' (the best-on-validation checkpoint the train loop keeps in `<workdir>/best`)."""
+    if (workdir is None) == (checkpoint is None):
+        raise ValueError("give exactly one of workdir / checkpoint")
+    path = os.path.abspath(workdir or checkpoint)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    if isinstance(step, str):
+        if step == "best":
+            info_path = os.path.join(path, "best", "best.json")
+            if not os.path.isfile(info_path):
+                raise FileNotFoundError(f"no best checkpoint in {path} ({info_path} is missing: the train loop "
+                                        "keeps one only when its periodic evaluation runs, train.eval_every_*)")
+            with open(info_path) as f:
+                best = int(json.load(f)["step"])
+            state = os.path.join(path, "best", str(best), "state")
+            if not os.path.isdir(state):
+                raise FileNotFoundError(f"{info_path} names step {best}, but {state} does not exist")
+            return state, os.path.dirname(state)
+        if step == "latest":
+            step = None
+        elif step.isdigit():
+            step = int(step)
+        else:
+            raise ValueError(f"step must be a number, 'latest' or 'best', got {step!r}")
+    if os.path.isfile(os.path.join(path, "_METADATA")) or os.path.isfile(os.path.join(path, "manifest.ocdbt")):
+        parent = os.path.dirname(path)
+        return path, parent if os.path.basename(path) == "state" else None
+    if os.path.isdir(os.path.join(path, "state")):
+        return os.path.join(path, "state"), path
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit() and os.path.isdir(os.path.join(root, d, "state")))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint (a <step>/state folder) under {root}")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} under {root} (available: {steps})")
+    return os.path.join(root, str(step), "state"), os.path.join(root, str(step))
+
+
+def _stored_config(step_dir: str | None) -> dict | None:
+    if step_dir is None:
+        return None
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(step_dir)), "config.json"),
+                  os.path.join(step_dir, "config", "metadata")]
+    for c in candidates:
+        if os.path.isfile(c):
+            try:
+                with open(c) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def model_config_differences(stored: dict, config) -> list[str]:
+    """Differences between a stored run's `model` section and this config's (field: stored vs now).
+
+    Fields the stored run does not have (added to the config after it was written) are not compared; the
+    parameter-shape check in `load_variables` still catches any architectural mismatch."""
+    cur = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+    old = stored.get("model", {})
+    out = []
+    for k in sorted(set(old)):
+        a, b = old.get(k, "<absent>"), cur.get(k, "<absent>")
+        if isinstance(a, list):
+            a = tuple(a)
+        if isinstance(b, list):
+            b = tuple(b)
+        if a != b:
+            out.append(f"model.{k}: checkpoint {a!r} vs config {b!r}")
+    return out
+
+
+def load_variables(config, *, workdir: str | None = None, checkpoint: str | None = None, step: int | None = None,
+                   use_ema: bool = True, model=None, log: Callable[[str], None] = print) -> tuple[dict, dict]:
+    """Restores weights for `config`'s model (or `model`) from a train checkpoint -> (variables, info); for a
+    `fold_bn` model the variables come folded (`inference.fold_batchnorm`), ready for it."""
+    from beltcrack_jax.data.transforms import as_hw
+    from beltcrack_jax.models import build_model
+    from beltcrack_jax.models.inference import fold_batchnorm
+
+    state_dir, step_dir = resolve_checkpoint(workdir, checkpoint, step)
+    stored = _stored_config(step_dir)
+    if stored is not None:
+        diffs = model_config_differences(stored, config)
+        if diffs:
+            raise ValueError(f"checkpoint {state_dir} was trained with a different model config: "
+                             + "; ".join(diffs))
+    try:
+        state = ocp.StandardCheckpointer().restore(state_dir)
+    except Exception as e:  # orbax raises assorted types
+        raise ValueError(f"cannot read checkpoint {state_dir}: {type(e).__name__}: {str(e)[:300]}") from e
+    if not isinstance(state, dict) or "params" not in state:
+        raise ValueError(f"checkpoint {state_dir} holds no train state with 'params' (keys: "
+                         f"{sorted(state) if isinstance(state, dict) else type(state).__name__})")
+    pk, bk = ("ema_params", "ema_batch_stats") if use_ema else ("params", "batch_stats")
+    if use_ema and pk not in state:
+        raise ValueError(f"checkpoint {state_dir} has no EMA weights ('ema_params'); use use_ema=False")
+    variables = {"params": state[pk], "batch_stats": state.get(bk) or {}}
+    model = model if model is not None else build_model(config)
+    # the shapes of the unfolded network (a fold_bn model has no initialiser); checkpoints hold unfolded weights
+    unfolded = model.clone(fold_bn=False)
+    x = jnp.zeros((1, int(config.model.num_frames)) + as_hw(config.data.image_size) + (3,))
+    expected = jax.eval_shape(lambda: unfolded.init(jax.random.key(0), x, train=False))
+    expected = {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}
+    check_variables(variables, expected, f"checkpoint {state_dir}")
+    variables = jax.tree.map(jnp.asarray, variables)
+    if model.fold_bn:
+        variables = fold_batchnorm(variables)
+    stp = int(np.asarray(state.get("step", -1)))
+    log(f"loaded {'EMA' if use_ema else 'raw'} weights from {state_dir} (train step {stp})")
+    return variables, {"path": state_dir, "step": stp, "ema": use_ema}
+
 
 
 class Checkpointer:

@@ -164,7 +164,7 @@ def _host_batch(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | None = None,
                        train_data: TrainData | Callable[[int, int], TrainData] | None = None,
-                       eval_hook: Callable[[TrainState, int], Mapping[str, float]] | None = None,
+                       eval_hook: Callable[[TrainState, int], Mapping[str, Any]] | None = None,
                        normalize: Callable | None = None, devices=None) -> TrainState:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
@@ -220,7 +220,9 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
     labels = optim.param_labels(variables["params"], variables["batch_stats"], train_frozen=tc.train_frozen)
     groups = optim.group_summary(labels, variables["params"])
     log("param groups (tensors, values): " + ", ".join(f"{g} {n}" for g, n in groups.items())
-        + f"; weight decay {tc.weight_decay} on pg1; momentum {tc.momentum} nesterov {tc.nesterov}")
+        + f"; weight decay {tc.weight_decay} on pg1; "
+        + (f"SGD momentum {tc.momentum} nesterov {tc.nesterov}" if tc.optimizer == "sgd"
+           else f"AdamW b1 {tc.adam_b1} b2 {tc.adam_b2}"))
     schedule = optim.make_schedule(tc.lr, tc.batch_size, spe, tc.epochs, log=log)
     if tc.optimizer == "sgd":
         tx = optim.sgd_reference(schedule, labels, momentum=tc.momentum, nesterov=tc.nesterov,
@@ -325,10 +327,14 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
             if eval_hook is not None and eval_every > 0 and (step % eval_every == 0 or is_last):
                 te = time.perf_counter()
                 res = dict(eval_hook(state, step) or {})
+                # figures (PR curve, detection grid) come back as uint8 HWC arrays under "images/..."
+                images = {k[len("images/"):]: res.pop(k) for k in [k for k in res if k.startswith("images/")]}
                 if best_ckpt is not None and "map50" in res and best_ckpt.update(step, res["map50"], state):
                     log(f"step {step}: best val mAP50 so far ({res['map50']:.4f}), saved to {best_ckpt.dir}")
                 res["time_s"] = time.perf_counter() - te
                 writer.write_scalars(step, res, prefix="val/")
+                for name, image in images.items():
+                    writer.write_image(step, f"val/{name}", image)
                 if is_main:
                     curves.plot_learning_curves(workdir)
                 interval.t0 += time.perf_counter() - te  # evaluation time is not training time
