@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-invalid", action="store_true", help="skip and count bad items instead of failing")
     ap.add_argument("--rebuild", action="store_true", help="regenerate the records even if a build exists")
     args = ap.parse_args(argv)
+    from beltcrack_jax.cli.logs import quiet_absl_logging
+
+    quiet_absl_logging()   # TFDS's absl INFO lines, as in the other CLIs
     if not args.name.startswith("beltcrack/"):
         print(f"error: expected a name 'beltcrack/<config>', got {args.name!r}", file=sys.stderr)
         return 2
