@@ -44,7 +44,7 @@ from beltcrack_jax.data.errors import DatasetError, rebuild_command
 
 # Bump when a build's content changes for the same config (e.g. a synthetic preset): TFDS then rebuilds instead
 # of serving the old records.
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 RELEASES = {"beltcrack14ks": "BeltCrack14ks", "beltcrack9kd": "BeltCrack9kd"}
 SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_learn": "learn", "synthetic_demo": "demo",
              "synthetic_ambiguous": "ambiguous",
@@ -137,7 +137,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {"1.0.0": "One record per frame, ordered by (sequence, frame); per-record index in metadata.",
-                     "1.1.0": "Synthetic 'demo' preset: 150 short sequences (was 16 long ones); 'ambiguous' preset."}
+                     "1.1.0": "Synthetic 'demo' preset: 150 short sequences (was 16 long ones); 'ambiguous' preset.",
+                     "1.2.0": "Synthetic 'demo' / 'ambiguous': one crack per zone, closer zones, no box under 150 "
+                              "visible pixels, fewer spill piles on cracks; 'learn' preset."}
     BUILDER_CONFIGS = _configs()
     DEFAULT_CONFIG_NAME = "synthetic_tiny"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL
@@ -223,8 +225,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             return root
         from beltcrack_jax.data import synthetic  # written by the synthetic-data part of the project
 
+        # The builder version is part of the folder: a new version (a changed preset) generates anew instead of
+        # rebuilding records from the frames an older version generated.
         out = os.path.join(os.fspath(dl_manager.download_dir), "beltcrack_synthetic",
-                           f"{cfg.synthetic_preset}_seed{cfg.synthetic_seed}")
+                           f"{cfg.synthetic_preset}_seed{cfg.synthetic_seed}_v{VERSION}")
         marker = os.path.join(out, ".complete")
         if os.path.isfile(marker):
             with open(marker) as f:
