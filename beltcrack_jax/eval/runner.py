@@ -44,16 +44,33 @@ def condition_breakdown(gt: dict, detections: list[dict], image_ids: list, profi
     ids = set(image_ids)
     ims = [im for im in gt["images"] if im["id"] in ids]
     for tag in CONDITION_TAGS:
-        values = sorted({im.get(tag, "") for im in ims} - {""})
+        group = _condition_groups([im.get(tag, "") for im in ims])
+        values = sorted(set(group) - {""})
         if not values:
             continue
         out[tag] = {}
         for v in values:
-            sub = [im["id"] for im in ims if im.get(tag, "") == v]
+            sub = [im["id"] for im, g in zip(ims, group) if g == v]
             m = coco_lib.coco_metrics(gt, detections, profile=profile, image_ids=sub, backend=backend)
             out[tag][v] = {k: m[k] for k in ("num_images", "num_gt", "map50", "map50_95", "precision", "recall",
                                              "f1")}
     return out
+
+
+def _condition_groups(values: list[str], max_groups: int = 3) -> list[str]:
+    """The group of each image's tag value: the value itself, or, for a numeric tag with more than `max_groups`
+    distinct values (e.g. a belt speed per sequence), its tercile as 'low (<= a)' / 'mid' / 'high (> b)'."""
+    try:
+        numbers = np.array([float(v) if v != "" else np.nan for v in values])
+    except ValueError:
+        return values
+    finite = numbers[np.isfinite(numbers)]
+    if len(np.unique(finite)) <= max_groups:
+        return values
+    a, b = np.quantile(finite, [1 / 3, 2 / 3])
+    names = (f"low (<= {a:.3g})", f"mid ({a:.3g}-{b:.3g})", f"high (> {b:.3g})")
+    return ["" if not np.isfinite(x) else names[0] if x <= a else names[1] if x <= b else names[2]
+            for x in numbers]
 
 
 @dataclasses.dataclass
