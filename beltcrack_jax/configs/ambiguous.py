@@ -13,4 +13,5 @@ from beltcrack_jax.configs import demo as _demo
 def get_config():
     c = _demo.get_config()
     c.data.name = "beltcrack/synthetic_ambiguous"
+    c.train.epochs = 8                    # 54 training sequences (~70 steps / epoch): ~550 steps
     return c
