@@ -1,6 +1,6 @@
 """Can the model fit a handful of training clips? The standard first check of a detector and its training code.
 
-    python -m beltcrack_jax.train.overfit --config configs/demo.py --clips 32 --steps 300 [--config.model.atm=False]
+    python -m beltcrack_jax.train.overfit --config demo --clips 32 --steps 300 [--config.model.atm=False]
 
 Takes the first `clips` key frames of the (shuffled) train split, trains on exactly those (re-batched in a new
 random order every epoch, so batch statistics mix sequences as in real training) with the real train loop, and
@@ -109,9 +109,11 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file.", lock_config=True)
+    from beltcrack_jax.cli.config_flag import define_config_flag
+
+    define_config_flag("config", "Config (e.g. demo)")
+    flags.mark_flag_as_required("config")
     flags.DEFINE_integer("clips", 32, "training clips (a multiple of train.batch_size)")
     flags.DEFINE_integer("steps", 300, "optimiser steps")
     app.run(main)
