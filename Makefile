@@ -26,6 +26,9 @@ install: $(VENV)/.installed-test
 # glibc keeps XLA:CPU's large temporaries mapped between calls (~20 % faster on CPU, see BENCHMARKS.md).
 demo: export MALLOC_MMAP_THRESHOLD_ = 4294967296
 demo: export MALLOC_TRIM_THRESHOLD_ = 17179869184
+# a persistent XLA cache: evaluate.py reuses the predict step the training's val evaluation compiled
+demo: export JAX_COMPILATION_CACHE_DIR = $(CURDIR)/$(WORKDIR)/xla_cache
+demo: export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS = 2
 demo: $(VENV)/.installed
 	$(PY) train.py --config configs/demo.py --workdir $(WORKDIR)
 	$(PY) evaluate.py --config configs/demo.py --workdir $(WORKDIR) --step best --output_dir $(WORKDIR)/eval
