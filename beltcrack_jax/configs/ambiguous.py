@@ -14,4 +14,6 @@ def get_config():
     c = _demo.get_config()
     c.data.name = "beltcrack/synthetic_ambiguous"
     c.train.epochs = 8                    # 54 training sequences (~70 steps / epoch): ~550 steps
+    c.train.eval_every_epochs = 2         # learning curves with 4 val points
+    c.train.checkpoint_every_epochs = 2
     return c
