@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
+DEMO_FLAGS ?=   # e.g. --config.data.name=beltcrack/synthetic_demo_seed7 (a fresh draw of the demo data)
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow clean
@@ -30,8 +31,8 @@ demo: export MALLOC_TRIM_THRESHOLD_ = 17179869184
 demo: export JAX_COMPILATION_CACHE_DIR = $(CURDIR)/$(WORKDIR)/xla_cache
 demo: export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS = 2
 demo: $(VENV)/.installed
-	$(PY) train.py --config configs/demo.py --workdir $(WORKDIR)
-	$(PY) evaluate.py --config configs/demo.py --workdir $(WORKDIR) --step best --output_dir $(WORKDIR)/eval
+	$(PY) train.py --config configs/demo.py --workdir $(WORKDIR) $(DEMO_FLAGS)
+	$(PY) evaluate.py --config configs/demo.py --workdir $(WORKDIR) --step best --output_dir $(WORKDIR)/eval $(DEMO_FLAGS)
 
 # The test suite (4 simulated CPU devices). Slow cases run in their cheap form; `make test-slow` runs them in full.
 test: $(VENV)/.installed-test
