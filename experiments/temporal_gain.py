@@ -2,6 +2,7 @@
 Table 5), several seeds each, on data where the key frame alone is ambiguous (configs/ambiguous.py).
 
     python experiments/temporal_gain.py [--seeds 0 1 2] [--root workdirs/temporal_gain] [--extra --config.x=y ...]
+    python experiments/temporal_gain.py --report-only     # tabulate the finished runs only
 
 Each run: `train.py` (periodic val evaluation keeps the best checkpoint) then `evaluate.py --step best` on the test
 split, in separate processes; finished runs are reused (their workdir resumes and their evaluation is read back).
@@ -49,11 +50,25 @@ def one(variant: str, seed: int, root: pathlib.Path, config: str, extra: list[st
     if not (out / "metrics.json").exists():
         run([sys.executable, "evaluate.py", *flags, f"--workdir={work}", "--step=best", "--split=test",
              f"--output_dir={out}"], work / "run.log")
-    test = json.load(open(out / "metrics.json"))
+    row = finished(variant, seed, root, train_s)
+    json.dump(row, open(work / "row.json", "w"))
+    return row
+
+
+def finished(variant: str, seed: int, root: pathlib.Path, train_s: float | None = None) -> dict | None:
+    """The result row of a run whose test evaluation exists, else None."""
+    work = root / f"{variant}_s{seed}"
+    out = work / "eval_test_best" / "metrics.json"
+    if not out.exists():
+        return None
+    if train_s is None and (work / "row.json").exists():
+        train_s = json.load(open(work / "row.json"))["train_seconds"]
+    test = json.load(open(out))
     best = json.load(open(work / "best" / "best.json"))
     return {"variant": variant, "seed": seed, "workdir": str(work.relative_to(ROOT)), "best_step": best["step"],
             "val_map50": best["value"], "test_map50": float(test["map50"]), "test_recall": float(test["recall"]),
-            "test_precision": float(test["precision"]), "train_seconds": round(train_s, 1)}
+            "test_precision": float(test["precision"]),
+            "train_seconds": None if train_s is None else round(train_s, 1)}
 
 
 def curves_png(rows: list[dict], path: pathlib.Path) -> None:
@@ -95,14 +110,17 @@ def table(rows: list[dict], command: str, png: str) -> str:
     for r in rows:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['best_step']} | {r['val_map50']:.3f} | "
                      f"{r['test_map50']:.3f} | {r['test_precision']:.3f} | {r['test_recall']:.3f} | "
-                     f"{r['train_seconds']:.0f} |")
+                     f"{'-' if r['train_seconds'] is None else format(r['train_seconds'], '.0f')} |")
     lines += ["", "| variant | val mAP50 (mean ± std) | test mAP50 (mean ± std) |", "|---|---:|---:|"]
     for variant in VARIANTS:
         (vm, vs), (tm, ts) = stats(variant, "val_map50"), stats(variant, "test_map50")
         lines.append(f"| {variant} | {vm:.3f} ± {vs:.3f} | {tm:.3f} ± {ts:.3f} |")
     (fm, fs), (sm, ss) = stats("full", "test_map50"), stats("single_frame", "test_map50")
     gap, spread = fm - sm, max(fs, ss)
+    counts = [sum(r["variant"] == v for r in rows) for v in VARIANTS]
     verdict = ("ahead by more than 2 std" if gap > 2 * spread else "NOT ahead by more than 2 std")
+    if min(counts) < 2:
+        verdict = f"not compared: only {min(counts)} seed(s) of a variant finished, so there is no std"
     lines += ["", f"Test mAP50 gap full - single frame: {gap:+.3f}; larger std {spread:.3f}: the full model is "
                   f"{verdict} (std = sample std over seeds).", "", f"![learning curves]({png})"]
     return "\n".join(lines)
@@ -114,13 +132,18 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default="workdirs/temporal_gain")
     ap.add_argument("--config", default="configs/ambiguous.py")
     ap.add_argument("--extra", nargs="*", default=[], help="more --config.* flags for every run")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: tabulate the runs of these seeds that have finished")
     args = ap.parse_args(argv)
     root = ROOT / args.root
     rows = []
     for seed in args.seeds:
         for variant in VARIANTS:
-            rows.append(one(variant, seed, root, args.config, args.extra))
-            print(json.dumps(rows[-1]), flush=True)
+            row = finished(variant, seed, root) if args.report_only else one(variant, seed, root, args.config,
+                                                                                args.extra)
+            if row is not None:
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     results = ROOT / "experiments" / "results"
     results.mkdir(parents=True, exist_ok=True)
     json.dump(rows, open(results / "temporal_gain.json", "w"), indent=1)
