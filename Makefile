@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
-DEMO_FLAGS ?=   # e.g. --config.data.name=beltcrack/synthetic_demo_seed7 (a fresh draw of the demo data)
+# extra flags for both demo commands, e.g. --config.data.name=beltcrack/synthetic_demo_seed7 (a fresh draw)
+DEMO_FLAGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow clean
