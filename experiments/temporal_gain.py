@@ -1,13 +1,15 @@
 """Does time + space + frequency earn its cost? The full BeltCrackDet vs its single-frame ablation ("w/o All",
-Table 5), several seeds each, on data where the key frame alone is ambiguous (configs/ambiguous.py).
+Table 5), several seeds each, on data where the key frame alone is ambiguous (configs/veiled.py: strong veils
+over the demo's cracks; configs/ambiguous.py: veils and fainter, thinner cracks).
 
-    python experiments/temporal_gain.py [--seeds 0 1 2] [--root workdirs/temporal_gain] [--extra --config.x=y ...]
-    python experiments/temporal_gain.py --report-only     # tabulate the finished runs only
+    python experiments/temporal_gain.py --config veiled [--seeds 0 1 2] [--root W] [--extra --config.x=y ...]
+    python experiments/temporal_gain.py --config veiled --report-only     # tabulate the finished runs only
 
 Each run: `train.py` (periodic val evaluation keeps the best checkpoint) then `evaluate.py --step best` on the test
 split, in separate processes; finished runs are reused (their workdir resumes and their evaluation is read back).
-Writes experiments/results/temporal_gain.json, a learning-curve figure (val mAP50 against step, every run), and
-the results table into EXPERIMENTS.md between the `temporal_gain` markers.
+Writes experiments/results/temporal_gain_<config>.json, a learning-curve figure (val mAP50 against step, every
+run), and the results table into EXPERIMENTS.md between the `temporal_gain:<config>` markers (default root
+workdirs/temporal_gain_<config>).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SINGLE_FRAME = ["--config.model.hsm=False", "--config.model.atm=False", "--config.model.wfm=False",
                 "--config.model.rcu=0"]
 VARIANTS = {"full": [], "single_frame": SINGLE_FRAME}
-BEGIN, END = "<!-- temporal_gain:begin -->", "<!-- temporal_gain:end -->"
 
 
 def run(cmd: list[str], log: pathlib.Path) -> None:
@@ -129,13 +130,14 @@ def table(rows: list[dict], command: str, png: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--root", default="workdirs/temporal_gain")
-    ap.add_argument("--config", default="configs/ambiguous.py")
+    ap.add_argument("--config", default="veiled", help="packaged config name or config file")
+    ap.add_argument("--root", default=None, help="default workdirs/temporal_gain_<config>")
     ap.add_argument("--extra", nargs="*", default=[], help="more --config.* flags for every run")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: tabulate the runs of these seeds that have finished")
     args = ap.parse_args(argv)
-    root = ROOT / args.root
+    name = pathlib.Path(args.config.partition(":")[0]).stem
+    root = ROOT / (args.root or f"workdirs/temporal_gain_{name}")
     rows = []
     for seed in args.seeds:
         for variant in VARIANTS:
@@ -146,17 +148,18 @@ def main(argv=None) -> int:
                 print(json.dumps(row), flush=True)
     results = ROOT / "experiments" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    json.dump(rows, open(results / "temporal_gain.json", "w"), indent=1)
-    png = results / "temporal_gain_curves.png"
+    json.dump(rows, open(results / f"temporal_gain_{name}.json", "w"), indent=1)
+    png = results / f"temporal_gain_{name}_curves.png"
     curves_png(rows, png)
     command = "python experiments/temporal_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)
     body = table(rows, command.strip(), str(png.relative_to(ROOT)))
     doc = ROOT / "EXPERIMENTS.md"
     text = doc.read_text() if doc.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN) + len(BEGIN)] + "\n" + body + "\n" + text[text.index(END):]
+    begin, end = f"<!-- temporal_gain:{name}:begin -->", f"<!-- temporal_gain:{name}:end -->"
+    if begin in text and end in text:
+        text = text[:text.index(begin) + len(begin)] + "\n" + body + "\n" + text[text.index(end):]
     else:
-        text += f"\n{BEGIN}\n{body}\n{END}\n"
+        text += f"\n{begin}\n{body}\n{end}\n"
     doc.write_text(text)
     print(body)
     return 0

@@ -47,8 +47,8 @@ def _read_json(root, split):
 def test_registered_configs():
     names = {c.name for c in tfds.builder_cls("beltcrack").BUILDER_CONFIGS}
     assert names == {"beltcrack14ks", "beltcrack9kd", "beltcrack14ks_letterbox512", "beltcrack9kd_letterbox512",
-                     "synthetic_tiny", "synthetic_learn", "synthetic_demo", "synthetic_ambiguous", "synthetic_14ks_like",
-                     "synthetic_9kd_like"}
+                     "synthetic_tiny", "synthetic_learn", "synthetic_demo", "synthetic_ambiguous", "synthetic_veiled",
+                     "synthetic_14ks_like", "synthetic_9kd_like"}
     instr = tfds.builder_cls("beltcrack").MANUAL_DOWNLOAD_INSTRUCTIONS
     assert "<data_dir>/downloads/manual/BeltCrack14ks" in instr and "BeltCrack9kd" in instr
 

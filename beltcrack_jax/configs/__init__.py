@@ -11,7 +11,7 @@ import os
 import pathlib
 import sys
 
-NAMES = ("default", "demo", "tiny", "scaling", "ambiguous")
+NAMES = ("default", "demo", "tiny", "scaling", "ambiguous", "veiled")
 
 
 def config_path(name_or_path: str) -> str:

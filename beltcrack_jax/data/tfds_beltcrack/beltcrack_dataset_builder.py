@@ -3,7 +3,7 @@
 Configs:
   beltcrack14ks, beltcrack9kd      the user's extracted download (TFDS manual_dir, see MANUAL_DOWNLOAD_INSTRUCTIONS)
   synthetic_tiny, synthetic_demo,  generated on the fly by `beltcrack_jax.data.synthetic.generate(preset, ...)`
-  synthetic_ambiguous, synthetic_14ks_like, synthetic_9kd_like
+  synthetic_ambiguous, synthetic_veiled, synthetic_14ks_like, synthetic_9kd_like
   synthetic_<preset>_seed<N>       the same presets generated with seed N (`seeded_config`; the registered ones use 0)
 
 Records of a split are ordered by (sequence, frame) and each sequence's frames are contiguous, so the clip of
@@ -47,7 +47,7 @@ from beltcrack_jax.data.errors import DatasetError, rebuild_command
 VERSION = "1.2.0"
 RELEASES = {"beltcrack14ks": "BeltCrack14ks", "beltcrack9kd": "BeltCrack9kd"}
 SYNTHETIC = {"synthetic_tiny": "tiny", "synthetic_learn": "learn", "synthetic_demo": "demo",
-             "synthetic_ambiguous": "ambiguous",
+             "synthetic_ambiguous": "ambiguous", "synthetic_veiled": "veiled",
              "synthetic_14ks_like": "14ks-like", "synthetic_9kd_like": "9kd-like"}
 _SEEDED = re.compile(r"^(?P<base>synthetic_[a-z0-9_]+?)_seed(?P<seed>\d+)$")
 
