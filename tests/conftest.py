@@ -19,7 +19,7 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 from golden_codec import GoldenFile  # noqa: E402
 
-# The goldens the tests read, in the repository (a compact lossless subset of ../shared/golden, see
+# The goldens the tests read, in the repository (a compact subset of ../shared/golden, see
 # tests/golden/README.md), so a plain clone checks parity.
 GOLDEN_DIR = pathlib.Path(__file__).resolve().parent / "golden"
 

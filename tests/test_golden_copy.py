@@ -1,11 +1,13 @@
-"""The in-repo goldens (tests/golden/): the codecs are lossless, the copy holds what tests/make_golden.py keeps,
-and -- where the full folder ../shared/golden is present -- it decodes to exactly the original arrays."""
+"""The in-repo goldens (tests/golden/): the lossless codecs round-trip bit for bit, the lossy one stays within its
+recorded bound, the copy holds what tests/make_golden.py keeps (and quantizes only what its table says), and --
+where the full folder ../shared/golden is present -- it decodes to the original arrays: bit for bit, within
+`max_error` for the quantized keys, equal as numbers where the zero's sign was dropped."""
 
 import numpy as np
 import pytest
 from conftest import GOLDEN_DIR
 from golden_codec import CODECS, GoldenFile, decode_array, encode_array, write_golden
-from make_golden import KEPT, SOURCE, kept_keys
+from make_golden import KEPT, QUANTIZED, SOURCE, ZERO_SIGN_DROPPED, drop_zero_sign, kept_keys, quantize_bits
 
 
 def _bits_equal(a, b):
@@ -13,9 +15,7 @@ def _bits_equal(a, b):
 
 
 def _grid(rng, shape, step):
-    a = (rng.integers(-4, 5, shape) * step).astype(np.float16)
-    a[0] = -0.0                       # signed zeros must survive (half the golden weights' zeros are -0.0)
-    return a
+    return (rng.integers(-4, 5, shape) * step).astype(np.float16)
 
 
 def test_each_codec_round_trips_bit_for_bit(tmp_path):
@@ -23,10 +23,13 @@ def test_each_codec_round_trips_bit_for_bit(tmp_path):
     e5m2 = (rng.normal(size=6000).astype(np.float16).view(np.uint16) & 0xFF00).view(np.float16)
     ramp = np.add.outer(np.arange(96), np.arange(128)) % 256                  # PNG's row filters love ramps
     image = np.stack([ramp, ramp[::-1], 255 - ramp], -1).astype(np.uint8)
+    signed_zero = _grid(rng, (64, 33), 2.0 ** -7)
+    signed_zero[0] = -0.0            # the grid codec would lose the sign: another codec must take it, bit for bit
     arrays = {"grid": _grid(rng, (64, 33), 2.0 ** -7), "grid/subnormal": _grid(rng, (8, 9), 2.0 ** -24),
+              "grid/signed_zero": signed_zero,
               "e5m2": e5m2.reshape(60, 100), "smooth": np.cumsum(rng.normal(size=(40, 50)), 0).astype(np.float32),
               "image": image, "plain/int": np.arange(7), "scalar": np.float64(0.1), "empty": np.zeros((0, 3))}
-    want = {"grid": "grid_pairs", "grid/subnormal": "grid_pairs", "e5m2": "fp16_high_byte",
+    want = {"grid": "grid_pairs", "grid/subnormal": "grid_pairs", "grid/signed_zero": "fp16_high_byte", "e5m2": "fp16_high_byte",
             "smooth": "byte_planes", "image": "png"}
     for key, a in arrays.items():
         stored, meta = encode_array(a)
@@ -44,12 +47,49 @@ def test_each_codec_round_trips_bit_for_bit(tmp_path):
         decode_array(np.zeros(3, np.uint8), {"codec": "zstd", "dtype": "<f4", "shape": [3]}, "k")
     with pytest.raises(FileNotFoundError, match="golden file .* is missing"):
         GoldenFile(tmp_path / "absent.npz")
+    assert all(g.max_error(k) == 0 for k in g.files)
+
+
+@pytest.mark.parametrize("bits", [10, 17])
+def test_quantized_codec_error_bound(tmp_path, bits):
+    rng = np.random.default_rng(bits)
+    a = (rng.normal(size=(3, 50, 40)) * rng.uniform(0, 8, (3, 1, 1))).astype(np.float32)
+    stored, meta = encode_array(a, quantize_bits=bits)
+    assert meta["codec"] == "quantized" and meta["bits"] == bits
+    out = decode_array(stored, meta, "a")
+    assert out.dtype == a.dtype and out.shape == a.shape
+    err = np.abs(out.astype(np.float64) - a).max()
+    step = 2.0 ** (np.floor(np.log2(np.abs(a).max())) - bits)
+    assert err == meta["max_error"] and 0 < err <= step / 2 <= 2.0 ** -(bits + 1) * np.abs(a).max()
+    assert np.array_equal(out / step, np.round(out / step))            # exactly on the grid
+    write_golden(tmp_path / "q.npz", {"a": a, "ints": np.arange(5)}, {"a": bits, "ints": bits})
+    g = GoldenFile(tmp_path / "q.npz")
+    assert np.array_equal(g["a"], out) and g.max_error("a") == err
+    assert _bits_equal(g["ints"], np.arange(5)) and g.max_error("ints") == 0     # non-float: stored as is
+
+
+def test_drop_zero_sign_keeps_every_value():
+    a = np.array([-0.0, 0.0, -1.5, 2.0, -0.0], np.float16)
+    b = drop_zero_sign(a)
+    assert b.dtype == a.dtype and np.array_equal(a, b) and not np.signbit(b[[0, 1, 4]]).any()
+    assert np.signbit(b[2])
 
 
 def test_in_repo_copy_holds_every_file_the_tests_open():
     for name in KEPT:
         g = GoldenFile(GOLDEN_DIR / f"{name}.npz")
         assert g.files, name
+
+
+def test_in_repo_copy_quantizes_only_what_the_table_says():
+    for name in KEPT:
+        g = GoldenFile(GOLDEN_DIR / f"{name}.npz")
+        lossy = {k for k in g.files if g.max_error(k) > 0}
+        expected = quantize_bits(name, {k: g[k] for k in g.files})
+        assert lossy <= set(expected), (name, sorted(lossy - set(expected)))   # lossless where that was smaller
+        for k, bits in expected.items():
+            assert g.max_error(k) <= 2.0 ** -(bits + 1) * np.abs(g[k]).max() * (1 + 2.0 ** -bits), (name, k)
+    assert QUANTIZED.keys() <= KEPT.keys() and set(ZERO_SIGN_DROPPED) <= KEPT.keys()
 
 
 @pytest.mark.skipif(not SOURCE.is_dir(), reason=f"the full golden folder {SOURCE} is absent (it is the source "
@@ -60,4 +100,12 @@ def test_in_repo_copy_decodes_to_the_original_arrays():
         with np.load(SOURCE / f"{name}.npz") as src:
             assert sorted(g.files) == sorted(kept_keys(name, src.files)), name
             for key in g.files:
-                assert _bits_equal(g[key], src[key]), f"{name}:{key}"
+                ours, theirs = g[key], src[key]
+                if g.max_error(key) > 0:
+                    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, f"{name}:{key}"
+                    err = np.abs(ours.astype(np.float64) - theirs).max()
+                    assert err == g.max_error(key), f"{name}:{key}: {err} != recorded {g.max_error(key)}"
+                elif name in ZERO_SIGN_DROPPED:
+                    assert _bits_equal(ours, drop_zero_sign(theirs)), f"{name}:{key}"
+                else:
+                    assert _bits_equal(ours, theirs), f"{name}:{key}"
