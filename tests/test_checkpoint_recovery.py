@@ -258,6 +258,19 @@ def test_run_control_fields_may_change_on_resume():
         "data.image_size: stored 512 vs now 256"]
 
 
+def test_field_added_after_the_run_was_written_blocks_resume_only_off_its_default():
+    """A workdir written before `model.wavelet` existed resumes with the default ('jnp', what it ran), not with
+    another value."""
+    from beltcrack_jax.train.checkpoint import config_differences, config_to_json
+    stored = config_to_json(tl.small_config(steps=2))
+    del stored["model"]["wavelet"]
+    now = tl.small_config(steps=2)
+    assert now.model.wavelet == "jnp"
+    assert config_differences(stored, config_to_json(now)) == []
+    now.model.wavelet = "jaxwt"
+    assert config_differences(stored, config_to_json(now)) == ["model.wavelet: stored '<absent>' vs now 'jaxwt'"]
+
+
 # ------------------------------------------------------------------------------------------------ non-finite steps
 def nan_data(nan_steps: set[int]):
     """Stand-in data whose batches at the given 1-based steps have NaN boxes."""

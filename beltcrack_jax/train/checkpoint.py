@@ -50,11 +50,21 @@ def config_to_json(config) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str))
 
 
-def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> list[str]:
+def config_differences(stored: dict, current: dict, ignore: tuple[str, ...] = RUN_CONTROL_KEYS,
+                       defaults: dict | None = None) -> list[str]:
+    """The fields (dotted) where a stored run's config and the current one differ. A field the stored run lacks
+    was added to the config after it was written, so that run had the field's default behaviour (`defaults`,
+    configs/default.py when None): it differs only if the current value is not that default."""
+    if defaults is None:
+        from beltcrack_jax.configs import load_config
+        defaults = config_to_json(load_config("default"))
     a, b = traverse_util.flatten_dict(stored, sep="."), traverse_util.flatten_dict(current, sep=".")
+    d = traverse_util.flatten_dict(defaults, sep=".")
     diffs = []
     for k in sorted(set(a) | set(b)):
         if any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore):
+            continue
+        if k not in a and k in b and k in d and b[k] == d[k]:
             continue
         if a.get(k, "<absent>") != b.get(k, "<absent>"):
             diffs.append(f"{k}: stored {a.get(k, '<absent>')!r} vs now {b.get(k, '<absent>')!r}")
