@@ -22,11 +22,20 @@ def assert_close(actual, ref_nchw, tol, what):
     assert err <= tol * scale, f"{what}: max|Δ| {err:.3g} > {tol} * max|ref| {scale:.3g}"
 
 
+# The parameters of each standalone module case are the state dict's own entries under these prefixes (the
+# reference cases ran the real model's submodules): the in-repo copy keeps them once, in reference_state_dict.npz
+# (tests/test_golden_copy.py checks the sets and values against the original `<case>/param/*` keys).
+CASE_PARAM_PREFIXES = {
+    "gal_eval": ("neck.gal.",), "gal_train": ("neck.gal.",), "nonlocal": ("neck.nolocal.",),
+    "meu": ("neck.keyvalue_M.", "neck.keyvalue_Q.", "neck.memory.memory_reduce."), "rcu": ("neck.resblock0.",),
+    "swin_pad": ("neck.swin.tr.",), "wtconv_odd": ("neck.conv_dw.",),
+}
+
+
 def case_params(golden, case):
-    """The `<case>/param/<state-dict name>` entries of modules_io.npz, keyed by state-dict name."""
-    m = golden("modules_io")
-    prefix = f"{case}/param/"
-    return {k[len(prefix):]: m[k] for k in m.files if k.startswith(prefix)}
+    """The reference weights of a standalone module case of modules_io, keyed by state-dict name."""
+    sd = golden("reference_state_dict")
+    return {k: sd[k] for k in sd.files if k.startswith(CASE_PARAM_PREFIXES[case])}
 
 
 def load(module, state_dict, prefix, *inputs):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import GOLDEN_DIR
 from golden_codec import CODECS, GoldenFile, decode_array, encode_array, write_golden
+from golden_utils import CASE_PARAM_PREFIXES, case_params
 from make_golden import KEPT, QUANTIZED, SOURCE, ZERO_SIGN_DROPPED, drop_zero_sign, kept_keys, quantize_bits
 
 
@@ -109,3 +110,21 @@ def test_in_repo_copy_decodes_to_the_original_arrays():
                     assert _bits_equal(ours, drop_zero_sign(theirs)), f"{name}:{key}"
                 else:
                     assert _bits_equal(ours, theirs), f"{name}:{key}"
+
+
+@pytest.mark.skipif(not SOURCE.is_dir(), reason=f"the full golden folder {SOURCE} is absent")
+def test_module_case_weights_are_the_state_dict_entries():
+    """The in-repo copy drops modules_io's `<case>/param/*` because they equal state-dict entries: the state dict
+    under each case's prefixes holds exactly the original case's names, with equal values."""
+    def golden(name):
+        return GoldenFile(GOLDEN_DIR / f"{name}.npz")
+
+    with np.load(SOURCE / "modules_io.npz") as src:
+        cases = {k.split("/param/")[0] for k in src.files if "/param/" in k} - {"baseconv_train"}
+        assert cases == set(CASE_PARAM_PREFIXES)
+        for case in cases:
+            original = {k.split("/param/")[1]: src[k] for k in src.files if k.startswith(f"{case}/param/")}
+            ours = case_params(golden, case)
+            assert sorted(ours) == sorted(original), case
+            for name, a in original.items():
+                assert ours[name].dtype == a.dtype and np.array_equal(ours[name], a), (case, name)

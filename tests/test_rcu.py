@@ -5,13 +5,13 @@ import jax.numpy as jnp
 import pytest
 
 from beltcrack_jax.models.rcu import ResCBAM
-from golden_utils import FULL_TOL, MODULE_TOL, assert_close, load, random_variables
+from golden_utils import FULL_TOL, MODULE_TOL, assert_close, case_params, load, random_variables
 
 
 def test_rcu_golden(golden):
     m = golden("modules_io")
     x = jnp.asarray(m["rcu/in/x"]).transpose(0, 2, 3, 1)      # (1, 20, 28, 256)
-    params = {k[len("rcu/param/"):]: m[k] for k in m.files if k.startswith("rcu/param/")}
+    params = case_params(golden, "rcu")
     block = ResCBAM(128)
     variables = load(block, params, "neck.resblock0.", x)
     assert variables["params"]["ca"]["fc1"]["kernel"].shape == (1, 1, 128, 8)

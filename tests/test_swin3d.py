@@ -11,6 +11,7 @@ import pytest
 from beltcrack_jax.convert import map_state_dict
 from beltcrack_jax.models.swin3d import (SwinBlock3D, reference_relative_position_index, relative_position_index,
                                          shifted_window_mask)
+from golden_utils import case_params
 
 REL_TOL = 2e-4  # max|delta| <= REL_TOL * max|ref|
 
@@ -26,12 +27,6 @@ def _check(out, ref):
     assert err <= REL_TOL * np.abs(ref).max(), (err, np.abs(ref).max())
 
 
-def _case_params(golden, case):
-    mio = golden("modules_io")
-    p = f"{case}/param/"
-    return {k[len(p):]: mio[k] for k in mio.files if k.startswith(p)}
-
-
 def _load(module, x, state_dict):
     variables, consumed = map_state_dict(jax.eval_shape(module.init, jax.random.key(0), x), state_dict,
                                          prefix="neck.swin.")
@@ -41,7 +36,7 @@ def _load(module, x, state_dict):
 @pytest.mark.parametrize("case", ["swin_pad", "swin_rect"])
 def test_swin_module_goldens(golden, case):
     mio = golden("modules_io")
-    sd = _case_params(golden, "swin_pad")  # swin_rect uses the same parameters
+    sd = case_params(golden, "swin_pad")  # swin_rect uses the same parameters
     x = _nhwc(mio[f"{case}/in/x"])
     module = SwinBlock3D()
     variables, consumed = _load(module, x, sd)

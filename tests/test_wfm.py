@@ -7,6 +7,7 @@ import pytest
 
 from beltcrack_jax.convert import map_state_dict
 from beltcrack_jax.models.wfm import WFM, WTConv, haar_filters_match
+from golden_utils import case_params
 
 REL_TOL = 2e-4  # max|delta| <= REL_TOL * max|ref|
 WFM_PARTS = ("neck.conv_dw.", "neck.conv_fre_new.", "neck.swin.", "neck.conv_t.")
@@ -23,16 +24,10 @@ def _check(out, ref):
     assert err <= REL_TOL * np.abs(ref).max(), (err, np.abs(ref).max())
 
 
-def _wtconv_case(golden):
-    mio = golden("modules_io")
-    p = "wtconv_odd/param/"
-    return {k[len(p):]: mio[k] for k in mio.files if k.startswith(p)}
-
-
 def test_wtconv_odd_golden(golden):
     """(1, 128, 28, 44): level 3 runs on 7x11, padded to 8x12 and cropped back."""
     mio = golden("modules_io")
-    sd = _wtconv_case(golden)
+    sd = case_params(golden, "wtconv_odd")
     x = _nhwc(mio["wtconv_odd/in/x"])
     module = WTConv()
     variables, consumed = map_state_dict(jax.eval_shape(module.init, jax.random.key(0), x), sd,
@@ -42,7 +37,7 @@ def test_wtconv_odd_golden(golden):
 
 
 def test_haar_filters_match_the_stored_ones(golden):
-    sd = _wtconv_case(golden)
+    sd = case_params(golden, "wtconv_odd")
     wt, iwt = sd["neck.conv_dw.wt_filter"], sd["neck.conv_dw.iwt_filter"]
     assert haar_filters_match(wt, iwt)
     swapped = wt.reshape(128, 4, 1, 2, 2)[:, [0, 2, 1, 3]].reshape(wt.shape)      # B1 <-> B2
