@@ -97,7 +97,11 @@ def test_split_end_to_end_boxes_in_original_pixels(setup):
     assert len(mine) == len(rows)
     xywh = np.array([d["bbox"] for d in mine])
     ref = np.stack([rows[:, 1], rows[:, 0], rows[:, 3] - rows[:, 1], rows[:, 2] - rows[:, 0]], 1)
-    np.testing.assert_allclose(xywh, ref, rtol=1e-4, atol=1e-2)
+    # The random N(0, 0.1) weights give boxes up to thousands of px (exp of raw tw / th ~8), where the eager forward
+    # here and the evaluator's jitted one differ by up to ~1e-2 relative (7.6e-3 measured with jax 0.10.2; 1e-4
+    # passed with an earlier XLA). A geometry error (the 1.5x stretch inverse missed, swapped axes, an offset) is
+    # >= 10x larger than that.
+    np.testing.assert_allclose(xywh, ref, rtol=2e-2, atol=1e-2)
     assert xywh[:, 0].max() + xywh[:, 2].max() > SIZE  # original frames are 192 px wide
 
 
