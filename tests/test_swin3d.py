@@ -265,3 +265,19 @@ def test_swin_window_chunk_config_resolution():
     with pytest.raises(ValueError, match="swin_window_chunk"):
         resolve_swin_window_chunk(-3)
     assert build_model({"num_frames": 5, "swin_window_chunk": -1}).swin_window_chunk == 2   # this CPU
+
+
+def test_swin_window_config_reaches_the_block():
+    """`model.swin_window` sizes the 3-D Swin windows (and so its bias table); the default is the reference's 8;
+    a bad value is refused by name."""
+    from beltcrack_jax.models import build_model
+    cfg = {"num_frames": 5, "width": 0.125, "swin_heads": 1}
+    assert build_model(cfg).swin_window == 8
+    clips = jnp.zeros((1, 5, 128, 128, 3), jnp.float32)
+    for window, table in ((8, (11 * 15 * 15, 1)), (4, (11 * 7 * 7, 1))):
+        shapes = jax.eval_shape(build_model({**cfg, "swin_window": window}).init, jax.random.key(0), clips)
+        got = shapes["params"]["neck"]["wfm"]["swin"]["tr"]["1"]["attn"]["relative_position_bias_table"].shape
+        assert got == table, (window, got)
+    for bad in (0, -2, 4.0, True):
+        with pytest.raises(ValueError, match="model.swin_window must be a positive int"):
+            build_model({**cfg, "swin_window": bad})

@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.wfm = True              # frequency branch: WTConv per frame, conv_fre_new, 3-D Swin, conv_t
     c.model.rcu = 3                 # residual compensation units used (0..3); 3 = reference
     c.model.swin_heads = 4          # 3-D Swin attention heads (reference 4; head dim = width*128 / heads)
+    c.model.swin_window = 8         # 3-D Swin window height = width on the stride-8 map (reference 8)
     c.model.wavelet = "jnp"         # WTConv's Haar transform: 'jnp' (ops/haar.py) | 'jaxwt' (same values, jaxwt)
     # Train-mode BN of the per-frame backbone: statistics per frame and 5 running-stat updates per step, as the
     # reference's 5 separate backbone calls do (parity). False = one set of statistics over all B*T frames.

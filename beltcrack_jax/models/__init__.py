@@ -24,6 +24,11 @@ def build_model(config: Any) -> nn.Module:
     kwargs = {k: section[k] for k in _MODULE_FIELDS if k in section}
     if "rcu" in kwargs:
         kwargs["rcu"] = int(kwargs["rcu"])
+    if "swin_window" in kwargs:
+        w = kwargs["swin_window"]
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"model.swin_window must be a positive int (the 3-D Swin window's height = width), "
+                             f"got {w!r}")
     if "swin_window_chunk" in kwargs:
         kwargs["swin_window_chunk"] = resolve_swin_window_chunk(kwargs["swin_window_chunk"])
     if "backbone_per_frame" in kwargs:

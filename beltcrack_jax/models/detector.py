@@ -58,6 +58,10 @@ class BeltCrackDet(nn.Module):
     # Attention heads of the 3-D Swin block (reference 4, head dim 32). Its (windows, heads, 384, 384) scores do
     # not shrink with `width`, so a narrow model spends most of its step there; width-1/8 configs may use 1.
     swin_heads: int = 4
+    # H/W size of the 3-D Swin windows (reference 8: (T+1, 8, 8) windows on the stride-8 map). A window spans
+    # 8 x stride pixels whatever the input size, so a small-input config may shrink it to keep the window's
+    # share of the field of view (and the (windows, heads, N, N) score arrays) in proportion.
+    swin_window: int = 8
     # WTConv's Haar transform: 'jnp' (ops/haar.py, default: the goldens' path) or 'jaxwt' (same values).
     wavelet: str = "jnp"
 
@@ -144,6 +148,7 @@ class BeltCrackDet(nn.Module):
             self.sow("intermediates", "backbone_feats", feats)
             neck = wrap(Neck, remat=False)(feats.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
                                            self.remat, self.swin_window_chunk, swin_heads=self.swin_heads,
+                                           swin_window=self.swin_window,
                                            wavelet=self.wavelet, name="neck")
             fused = neck(feats, train)
         else:

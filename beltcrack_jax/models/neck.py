@@ -59,6 +59,7 @@ class Neck(nn.Module):
     remat: str = "none"     # 'none' | 'modules' | 'dots': jax.checkpoint around each branch / RCU (inference.py)
     swin_window_chunk: int = 0   # fast_ops: Swin windows per attention call (0: all at once; SwinBlock3D)
     swin_heads: int = 4     # attention heads of the 3-D Swin block (reference: 4)
+    swin_window: int = 8    # H/W size of its windows (reference: 8)
     wavelet: str = "jnp"    # WTConv's Haar transform: 'jnp' | 'jaxwt' (models/wfm.py)
 
     @nn.compact
@@ -84,7 +85,7 @@ class Neck(nn.Module):
         else:
             f_st = f_s if f_s is not None else f_t
         if self.wfm:
-            wfm = wfm_cls(c, num_heads=self.swin_heads, fast_ops=self.fast_ops,
+            wfm = wfm_cls(c, num_heads=self.swin_heads, window_hw=self.swin_window, fast_ops=self.fast_ops,
                           swin_window_chunk=self.swin_window_chunk, wavelet=self.wavelet, name="wfm")
             f_flt, f_fgt = wfm(feats, f_key if f_t is None else f_t, train)
 
