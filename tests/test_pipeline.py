@@ -257,6 +257,45 @@ def test_flip_is_consistent_across_the_clip(data_dir):
     assert 0 < flipped < 20
 
 
+def test_frame_cache_gives_the_same_batches(data_dir):
+    """`data.frame_cache_mb`: train (flip + HSV + scale jitter, two epochs, 2 read threads) and eval batches equal
+    the uncached ones; frames are decoded once and then served from the cache; a full cache stops growing; a bad
+    value is refused by name."""
+    aug = dict(flip=True, hsv=True, scale_jitter=False)
+    for jitter in (False, True):
+        kw = dict(image_size=32, num_threads=2, augment={**aug, "scale_jitter": jitter})
+        a = P.make_train_iterator(_config(data_dir, **kw), "train", batch_size_per_process=2, seed=3)
+        b = P.make_train_iterator(_config(data_dir, frame_cache_mb=1, **kw), "train", batch_size_per_process=2,
+                                  seed=3)
+        for _ in range(12):   # 5 steps per epoch: more than two epochs
+            x, y = next(a), next(b)
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k])
+    ev = [P.make_eval_iterator(_config(data_dir, frame_cache_mb=mb), "test", batch_size_per_process=2)
+          for mb in (0, 1)]
+    for x, y in zip(*ev):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    spec = P.clip_spec(_config(data_dir), train=True)
+    index = P.load_split_index(NAME, "train", data_dir)
+    keys = index.key_frames("annotated")
+    reads = sum(len(set(index.clip_indices(int(k), spec.num_frames).tolist())) for k in keys)   # per epoch
+    loader = P.ClipLoader(NAME, "train", data_dir, spec, 0, cache_bytes=2**20)
+    for epoch in range(2):
+        for key in keys:
+            loader.load_clip(key, epoch)
+    cache = loader._cache
+    frames = 64 * 64 * 3
+    assert cache.misses == cache.bytes // frames == len(cache._frames)   # each distinct frame decoded once
+    assert cache.hits == 2 * reads - cache.misses
+    small = P.ClipLoader(NAME, "train", data_dir, spec, 0, cache_bytes=3 * frames)
+    for key in keys:
+        small.load_clip(key, 0)
+    assert small._cache.bytes == 3 * frames and len(small._cache._frames) == 3
+    with pytest.raises(ValueError, match="frame_cache_mb"):
+        P.make_train_iterator(_config(data_dir, frame_cache_mb=-1), "train", batch_size_per_process=2)
+
+
 def test_hsv_and_scale_jitter(data_dir):
     cfg = _config(data_dir, augment=dict(flip=False, hsv=True, scale_jitter=True, scale_range=(0.5, 1.5)))
     loader = P.ClipLoader(NAME, "train", data_dir, P.clip_spec(cfg, train=True), 0)

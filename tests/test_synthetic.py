@@ -222,3 +222,37 @@ def test_bad_arguments(tmp_path):
         synthetic.generate("tiny", tmp_path, num_sequences=0)
     with pytest.raises(ValueError, match="scale"):
         synthetic.generate("tiny", tmp_path, scale=-1.0)
+
+
+def test_sequence_plan_is_what_generate_writes(tmp_path):
+    """`sequence_plan` (split, sequence, length, image ids without rendering) names exactly the frames and COCO ids
+    that `generate` writes: scripts re-render a generated frame from it (experiments/veiled_boxes.py)."""
+    from beltcrack_jax.data.synth.writer import sequence_plan
+    root = synthetic.generate("tiny", tmp_path, 3, num_sequences=5, max_frames=4)
+    plan = sequence_plan("tiny", 3, num_sequences=5, max_frames=4)
+    for split, coco in _load(root).items():
+        planned = {f"{split}/{s.name}/{t}.jpg": s.first_image_id + t for s in plan[split] for t in range(s.num_frames)}
+        assert planned == {im["file_name"]: im["id"] for im in coco["images"]}, split
+
+
+def test_veil_cover_measures_how_hidden_each_box_is():
+    """`Frame.veil_cover`: 0 for every box of an unveiled frame, the veil's mean opacity over the crack pixels
+    otherwise (within 0..strength); the boxes and pixels of a frame do not depend on it."""
+    import dataclasses
+
+    from beltcrack_jax.data.synth.presets import PRESETS
+    from beltcrack_jax.data.synth.sequence import Sequence
+    from beltcrack_jax.data.synth.writer import sequence_plan
+    clear = dataclasses.replace(PRESETS["demo"], p_veil=0.0)
+    veiled = dataclasses.replace(PRESETS["demo"], p_veil=1.0, veil_strength=(0.9, 0.9))
+    covers = []
+    for s in sequence_plan("demo", 0)["test"][:4]:
+        for t in range(0, s.num_frames, 3):
+            a = Sequence(clear, 0, s.index, s.num_frames).render(t)
+            b = Sequence(veiled, 0, s.index, s.num_frames).render(t)
+            np.testing.assert_array_equal(a.boxes, b.boxes)   # the veil comes after the boxes' visibility test
+            assert a.veil_cover.shape == (len(a.boxes),) and not a.veil_cover.any()
+            assert ((b.veil_cover >= 0) & (b.veil_cover <= 0.9 + 1e-9)).all()
+            covers.extend(b.veil_cover)
+    covers = np.asarray(covers)
+    assert len(covers) > 10 and (covers > 0.5).any() and (covers < 0.1).any(), covers   # veils cover part of a frame

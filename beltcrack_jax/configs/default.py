@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_workers = 4          # grain worker processes (0 = in-process); reference DataLoader used 4
     c.data.num_threads = 4          # read threads per process (clip batches loaded concurrently)
     c.data.prefetch = 2             # batches buffered per worker / thread pool
+    # Decoded frames kept in memory per loading process, in MiB (0 = decode every time): each frame is in T clips
+    # and in every epoch, so a dataset that fits is decoded once. Same pixels either way (data/pipeline.py).
+    c.data.frame_cache_mb = 0
     c.data.skip_invalid = False     # sequences shorter than T: error (False) or drop their key frames (True)
 
     # ---- loss (beltcrack_jax.losses) --------------------------------------------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import Any
 
 import numpy as np
@@ -219,19 +220,65 @@ class ClipSpec:
         return self.flip or self.hsv or self.scale_jitter
 
 
+class FrameCache:
+    """Decoded, resized (not yet flipped or colour-jittered) frames by (record, resize geometry), filled until
+    `max_bytes` and never evicted: a small dataset is decoded once instead of once per clip it appears in (each
+    frame is in T clips) and per epoch. The cached path returns the same pixels as decoding (flip and HSV still
+    apply per clip). Thread-safe for grain's read threads; each worker process fills its own."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.hits, self.misses = int(max_bytes), 0, 0, 0
+        self._frames: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        f = self._frames.get(key)
+        with self._lock:
+            if f is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return f
+
+    def put(self, key, frame: np.ndarray) -> None:
+        with self._lock:
+            if key not in self._frames and self.bytes + frame.nbytes <= self.max_bytes:
+                frame.setflags(write=False)   # shared by every clip that uses it
+                self._frames[key] = frame
+                self.bytes += frame.nbytes
+
+
 class ClipLoader:
-    """(key record, epoch, valid) items -> one batch dict. Picklable: the data source is reopened lazily."""
+    """(key record, epoch, valid) items -> one batch dict. Picklable: the data source is reopened lazily.
+    `cache_bytes` > 0: decoded frames are kept (`FrameCache`) up to that many bytes per process."""
 
     def __init__(self, name: str, split: str, data_dir: str | None, spec: ClipSpec, seed: int, index=None,
-                 source=None):
+                 source=None, cache_bytes: int = 0):
         self.name, self.split, self.data_dir, self.spec, self.seed = name, split, data_dir, spec, int(seed)
         self._index = index
         self._source = source
+        self.cache_bytes = int(cache_bytes)
+        self._cache = FrameCache(self.cache_bytes) if self.cache_bytes > 0 else None
 
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_source"] = None
+        d["_cache"] = None   # a worker process builds its own
         return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._cache = FrameCache(self.cache_bytes) if self.cache_bytes > 0 else None
+
+    def _frame(self, i: int, rec, params: tr.ResizeParams) -> np.ndarray:
+        if self._cache is None:
+            return tr.load_frame(rec["image"], params, decoder=self.spec.decoder)
+        key = (i, dataclasses.replace(params, flip=False))
+        f = self._cache.get(key)
+        if f is None:
+            f = tr.load_frame(rec["image"], key[1], decoder=self.spec.decoder)
+            self._cache.put(key, f)
+        return np.ascontiguousarray(f[:, ::-1]) if params.flip else f
 
     def _open(self):
         if self._source is None or self._index is None:
@@ -280,7 +327,7 @@ class ClipLoader:
 
         frames = {}
         for i, rec in by_idx.items():
-            f = tr.load_frame(rec["image"], params_for(rec), decoder=s.decoder)
+            f = self._frame(i, rec, params_for(rec))
             if aug.hsv_gains is not None:
                 f = tr.apply_hsv(f, aug.hsv_gains)
             frames[i] = f
@@ -445,6 +492,13 @@ def _check_index(index: SplitIndex, keys: np.ndarray, spec: ClipSpec, name: str,
     return keys
 
 
+def _cache_bytes(config) -> int:
+    mb = _data(config, "frame_cache_mb")
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or mb < 0:
+        raise ValueError(f"config.data.frame_cache_mb must be a number of MiB >= 0 (0 = no cache), got {mb!r}")
+    return int(mb * 2**20)
+
+
 def _num_classes(config) -> int | None:
     n = config.model.get("num_classes")   # a hand-built config without it: no class-id check
     return int(n) if n is not None else None
@@ -505,7 +559,8 @@ def make_train_dataset(config, split: str | None = None, *, process_index: int =
     if sampler.steps_per_epoch == 0:
         raise ValueError(f"{name}/{split}: {len(keys)} key frames are fewer than one global batch "
                          f"({batch_size_per_process} x {process_count} processes)")
-    loader = ClipLoader(name, split, data_dir, spec, seed, index=index, source=src)
+    loader = ClipLoader(name, split, data_dir, spec, seed, index=index, source=src,
+                        cache_bytes=_cache_bytes(config))
     total = sampler.steps_per_epoch * (num_epochs if num_epochs is not None else _HUGE_EPOCHS)
     ds = _finish(_Compose(sampler, loader), config, total)
     info = dict(name=name, split=split, num_key_frames=len(keys), steps_per_epoch=sampler.steps_per_epoch,
@@ -543,7 +598,7 @@ def make_eval_dataset(config, split: str, *, process_index: int = 0, process_cou
     keys = _check_index(index, index.key_frames(mode), spec, name, split, skip_invalid, _num_classes(config))
     sampler = EvalSampler(keys=keys, batch_size=batch_size_per_process, process_index=process_index,
                           process_count=process_count)
-    loader = ClipLoader(name, split, data_dir, spec, 0, index=index, source=src)
+    loader = ClipLoader(name, split, data_dir, spec, 0, index=index, source=src, cache_bytes=_cache_bytes(config))
     ds = _finish(_Compose(sampler, loader), config, sampler.num_batches)
     info = dict(name=name, split=split, num_key_frames=len(keys), num_batches=sampler.num_batches, spec=spec,
                 index=index)

@@ -38,7 +38,8 @@ RUN_CONTROL_KEYS = ("train.log_every_steps", "train.progress_bar", "train.checkp
                     "train.checkpoint_every_epochs", "train.eval_every_steps", "train.eval_every_epochs",
                     "train.max_to_keep", "train.num_train_steps", "train.cpu_peak_flops", "train.peak_flops",
                     "train.async_checkpoints", "train.allow_data_change", "train.max_nonfinite_skips",
-                    "data.num_workers", "data.num_threads", "data.prefetch", "data.data_dir", "eval.")
+                    "data.num_workers", "data.num_threads", "data.prefetch", "data.frame_cache_mb", "data.data_dir",
+                    "eval.")
 
 
 class IncompatibleWorkdirError(ValueError):

@@ -34,6 +34,9 @@ class Frame:
     pixels: np.ndarray  # (K,) visible crack pixels per box
     track_ids: np.ndarray  # (K,) crack id, constant over the frames of a sequence
     rgb: np.ndarray | None = None
+    # (K,) mean opacity of this frame's transient veil over each box's visible crack pixels (0 = not veiled): how
+    # hidden the crack is in this frame alone (experiments/veiled_boxes.py). Not written to the dataset.
+    veil_cover: np.ndarray | None = None
 
 
 class Sequence:
@@ -211,6 +214,7 @@ class Sequence:
             out += 255.0 * effects.rain(frng, h, w, self.rain_level)[..., None] * 0.8
         elif self.weather == "snow":
             out += 255.0 * effects.snow(frng, h, w, self.snow_level)[..., None] * np.float32([0.95, 0.97, 1.0])
+        alpha = None
         if self.preset.p_veil > 0 and frng.random() < self.preset.p_veil:   # after the boxes' visibility test
             alpha = effects.transient_veil(frng, h, w, frng.uniform(*self.preset.veil_strength))[..., None]
             veil = cv2.GaussianBlur(out, (0, 0), max(2.0, min(h, w) / 10)) * np.float32(frng.uniform(0.9, 1.4))
@@ -218,8 +222,12 @@ class Sequence:
         out = self.noise(frng, out)
         rgb = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         boxes, pix, ids = _boxes(lab, self.min_px)
+        cover = np.zeros(len(ids), np.float64)
+        if alpha is not None and len(ids):
+            opacity = alpha[..., 0].ravel().astype(np.float64)
+            cover = np.bincount(lab.ravel(), weights=opacity, minlength=int(ids.max()) + 1)[ids] / pix
         return Frame(jpeg=effects.encode_jpeg(rgb, self.jpeg_quality), boxes=boxes, pixels=pix, track_ids=ids,
-                     rgb=rgb if keep_rgb else None)
+                     rgb=rgb if keep_rgb else None, veil_cover=cover)
 
 
 def _boxes(lab: np.ndarray, min_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
