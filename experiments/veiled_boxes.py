@@ -95,8 +95,9 @@ def main(argv=None) -> int:
     preset, seed = preset_and_seed(cfg.data.name)
     gt = test_gt_with_cover(preset, seed)
     cover = np.array([a["veil_cover"] for a in gt["annotations"]])
-    print(f"{cfg.data.name} test: {len(cover)} GT boxes, veiled (cover >= {args.veiled}) {int((cover >= args.veiled).sum())}, "
-          f"clear (< {args.clear}) {int((cover < args.clear).sum())}, in between {int(((cover >= args.clear) & (cover < args.veiled)).sum())}")
+    n_veiled, n_clear = int((cover >= args.veiled).sum()), int((cover < args.clear).sum())
+    print(f"{cfg.data.name} test: {len(cover)} GT boxes, veiled (cover >= {args.veiled}) {n_veiled}, "
+          f"clear (< {args.clear}) {n_clear}, in between {len(cover) - n_veiled - n_clear}")
     runs = []
     for work in sorted(root.glob("*_s*")):
         det_file, met_file = work / "eval_test_best" / "detections.json", work / "eval_test_best" / "metrics.json"
