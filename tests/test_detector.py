@@ -196,3 +196,27 @@ def test_models_cli_prints_params_and_flops(capsys):
     n = count_params(build_model(tiny_config()))
     assert f"{n:,} parameters" in text
     assert "conv + matmul FLOPs" in text and "XLA cost analysis" in text
+
+
+def test_key_skip_starts_as_the_single_frame_detector_and_opens_with_its_gate():
+    """`model.key_skip`: at init (gate 0) the output equals the single-frame ("w/o All") detector with the same
+    backbone and head; the gate gets a gradient; with the gate open the neck changes the output. Off = no leaf."""
+    clips = tiny_clips()
+    plain = build_model(tiny_config())
+    assert "key_skip" not in jax.eval_shape(plain.init, jax.random.key(0), clips)["params"]["neck"]
+    model = build_model(tiny_config(key_skip=True))
+    variables = fake_variables(jax.eval_shape(model.init, jax.random.key(0), clips))
+    gate = variables["params"]["neck"]["key_skip"]["scale"]
+    assert gate.shape == (16,)
+    variables["params"]["neck"]["key_skip"]["scale"] = np.zeros_like(gate)    # the module's init
+    single = build_model(tiny_config(hsm=False, atm=False, wfm=False, rcu=0))
+    sv = {"params": {k: variables["params"][k] for k in ("backbone", "head")},
+          "batch_stats": {k: variables["batch_stats"][k] for k in ("backbone", "head")}}
+    out = np.asarray(jax.jit(model.apply)(variables, clips))
+    np.testing.assert_allclose(out, np.asarray(jax.jit(single.apply)(sv, clips)), rtol=1e-5, atol=1e-6)
+
+    grads = jax.grad(lambda p: jnp.sum(model.apply({**variables, "params": p}, clips) ** 2))(variables["params"])
+    assert np.abs(np.asarray(grads["neck"]["key_skip"]["scale"])).max() > 0
+    variables["params"]["neck"]["key_skip"]["scale"] = np.ones_like(gate)
+    opened = np.asarray(jax.jit(model.apply)(variables, clips))
+    assert np.abs(opened - out).max() > 1e-3 * np.abs(out).max()

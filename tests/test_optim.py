@@ -320,3 +320,56 @@ def test_frozen_leaves_get_no_gradient_and_the_same_step():
     np.testing.assert_array_equal(np.asarray(states[1].params["relative_position_bias_table"]), table)
     # the full gradient norm includes d/dtable = 2 * table (non-zero); the frozen one does not
     assert float(metrics[1]["grad_norm"]) < float(metrics[0]["grad_norm"])
+
+
+def _tar_toy_params():
+    rng = np.random.default_rng(0)
+    return {"neck": {"atm": {"tar": {"feat_fusion": {"kernel": rng.normal(size=(1, 1, 4, 4)).astype(np.float32),
+                                                     "bias": rng.normal(size=(4,)).astype(np.float32)}},
+                             "gal": {"q_func": {"0": {"kernel": rng.normal(size=(4, 2)).astype(np.float32)}}}},
+                     "resblock0": {"conv1": {"kernel": rng.normal(size=(3, 3, 4, 4)).astype(np.float32)}}},
+            "head": {"stem": {"conv": {"kernel": rng.normal(size=(1, 1, 4, 4)).astype(np.float32)}}}}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_lr_scale_tar_scales_only_the_tarfusion_updates(optimizer):
+    """`train.lr_scale_tar`: 1 gives the reference optimiser's updates bit for bit; 0.1 multiplies exactly the
+    neck.tar.* updates (weight decay included) by 0.1 over several steps and leaves every other leaf's alone."""
+    from beltcrack_jax.configs import default
+    from beltcrack_jax.train.loop import build_optimizer
+
+    params = jax.tree.map(jnp.asarray, _tar_toy_params())
+    labels = optim.param_labels(params)
+    tc = default.get_config().train
+    tc.optimizer = optimizer
+    grads = [jax.tree.map(lambda p, k=k: jnp.sin(p * (k + 1)), params) for k in range(3)]
+
+    def updates(scale):
+        tc.lr_scale_tar = scale
+        tx = build_optimizer(tc, 0.01, labels, params)
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(flatten(u))
+        return out
+
+    plain = optax.chain(optim.sgd_reference(0.01, labels, momentum=tc.momentum, weight_decay=tc.weight_decay)
+                        if optimizer == "sgd" else optim.adamw_grouped(0.01, labels, weight_decay=tc.weight_decay))
+    state, ref = plain.init(params), []
+    for g in grads:
+        u, state = plain.update(g, state, params)
+        ref.append(flatten(u))
+    for got, want in zip(updates(1.0), ref):
+        for k in want:
+            np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+    for got, want in zip(updates(0.1), ref):
+        for k in want:
+            factor = 0.1 if torch_key("params", k).startswith("neck.tar.") else 1.0
+            np.testing.assert_allclose(np.asarray(got[k]), factor * np.asarray(want[k]), rtol=1e-6)
+            assert np.abs(np.asarray(want[k])).max() > 0
+    tree = flatten(optim.lr_scale_tree(params, {optim.TAR_PREFIX: 0.1}))
+    assert sorted(k for k, v in tree.items() if v == 0.1) == [("neck", "atm", "tar", "feat_fusion", "bias"),
+                                                              ("neck", "atm", "tar", "feat_fusion", "kernel")]
+    tc.lr_scale_tar = 0.0
+    with pytest.raises(ValueError, match="lr_scale_tar"):
+        build_optimizer(tc, 0.01, labels, params)

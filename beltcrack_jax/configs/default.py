@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.rcu = 3                 # residual compensation units used (0..3); 3 = reference
     c.model.swin_heads = 4          # 3-D Swin attention heads (reference 4; head dim = width*128 / heads)
     c.model.swin_window = 8         # 3-D Swin window height = width on the stride-8 map (reference 8)
+    c.model.key_skip = False        # not the reference: head input = key-frame P3 + zero-init gate * neck output
     c.model.wavelet = "jnp"         # WTConv's Haar transform: 'jnp' (ops/haar.py) | 'jaxwt' (same values, jaxwt)
     # Train-mode BN of the per-frame backbone: statistics per frame and 5 running-stat updates per step, as the
     # reference's 5 separate backbone calls do (parity). False = one set of statistics over all B*T frames.
@@ -132,6 +133,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.ema = ml_collections.ConfigDict()
     c.train.ema.decay = 0.9999       # d = decay x (1 - exp(-updates / tau)), params and BN statistics
     c.train.ema.tau = 2000.0
+    # Not in the reference (1 = parity): learning-rate multiplier on the TARFusion parameters (neck.tar.*), the
+    # normalisation-free conv hourglass of ATM, whose output grows without bound at a large AdamW lr
+    # (EXPERIMENTS.md 2c).
+    c.train.lr_scale_tar = 1.0
     c.train.train_frozen = False     # True: also train nolocal.gamma and the Swin bias tables (reference: frozen)
     # Weights to start from (name + shape match, the rest keeps its init): the folder `python -m
     # beltcrack_jax.convert [--yolox-s] --output X` writes, or an .npz/.pth state dict with PyTorch names.

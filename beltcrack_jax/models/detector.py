@@ -64,6 +64,9 @@ class BeltCrackDet(nn.Module):
     swin_window: int = 8
     # WTConv's Haar transform: 'jnp' (ops/haar.py, default: the goldens' path) or 'jaxwt' (same values).
     wavelet: str = "jnp"
+    # Not in the reference (off = parity): head input = F_key + zero-initialised gate * the neck's fused feature,
+    # so training starts from the single-frame detector (neck.py, EXPERIMENTS.md 2c).
+    key_skip: bool = False
 
     def check_input(self, clips) -> None:
         """Raises ValueError unless `clips` has shape (B, num_frames, H, W, 3) with H, W multiples of 32."""
@@ -149,7 +152,7 @@ class BeltCrackDet(nn.Module):
             neck = wrap(Neck, remat=False)(feats.shape[-1], self.hsm, self.atm, self.wfm, self.rcu, self.fast_ops,
                                            self.remat, self.swin_window_chunk, swin_heads=self.swin_heads,
                                            swin_window=self.swin_window,
-                                           wavelet=self.wavelet, name="neck")
+                                           wavelet=self.wavelet, key_skip=self.key_skip, name="neck")
             fused = neck(feats, train)
         else:
             fused = feats[:, -1]

@@ -21,6 +21,11 @@ and `rcu` (0..3); all on with rcu=3 is the reference network. Only the modules a
 5. Nothing on at all (rcu 0, no branch) = "w/o All": the key-frame feature itself (the detector then runs the
    backbone on the key frame only: single-frame YOLOX-S on P3).
 
+`key_skip` (off = the reference): the head receives F_key + gate * (the fused feature above), with a per-channel
+gate that starts at zero, so training starts from the single-frame detector. Why: from scratch the full network
+sits on a loss plateau for a draw-dependent 300-550 steps that the single-frame one does not have
+(EXPERIMENTS.md, section 2b/2c).
+
 Table 5 rows read cumulatively: w/o All = all off, rcu 0; +HSM = hsm; +ATM = hsm, atm; +WFM = hsm, atm, wfm
 (rcu 0); +RCU = rcu 1, 2, 3 (3 = the full model). A row with one module alone = that switch only.
 
@@ -47,6 +52,21 @@ def neck_uses_frames(hsm: bool, atm: bool, wfm: bool, rcu: int) -> bool:
     return bool(hsm or atm or wfm or rcu)
 
 
+class KeySkipGate(nn.Module):
+    """Per-channel scale, zero at init, on the neck's fused feature (`key_skip`: head input = F_key + gate * fused).
+
+    With it the network starts as the single-frame detector on the key frame's own P3 feature and opens the
+    triple-domain path as training finds it useful (ReZero / LayerScale). Its leaf `scale` maps to the
+    state-dict key `neck.key_skip.weight`: a weight-decayed "weight" for the optimiser's groups; the reference
+    has no such key, so it is simply unmatched when reference weights are loaded."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.param("scale", nn.initializers.zeros, (self.channels,), jnp.float32).astype(x.dtype)
+
+
 class Neck(nn.Module):
     """(B,T,h,w,C) per-frame features -> (B,h,w,C) fused key-frame feature. See the module docstring."""
 
@@ -61,6 +81,7 @@ class Neck(nn.Module):
     swin_heads: int = 4     # attention heads of the 3-D Swin block (reference: 4)
     swin_window: int = 8    # H/W size of its windows (reference: 8)
     wavelet: str = "jnp"    # WTConv's Haar transform: 'jnp' | 'jaxwt' (models/wfm.py)
+    key_skip: bool = False  # not in the reference: F_key + gate * fused, gate zero-initialised (KeySkipGate)
 
     @nn.compact
     def __call__(self, feats: jax.Array, train: bool = False) -> jax.Array:
@@ -89,6 +110,14 @@ class Neck(nn.Module):
                           swin_window_chunk=self.swin_window_chunk, wavelet=self.wavelet, name="wfm")
             f_flt, f_fgt = wfm(feats, f_key if f_t is None else f_t, train)
 
+        out = self._fuse(f_key, f_st, f_flt, f_fgt, rcu_cls, train)
+        if self.key_skip:
+            out = f_key + KeySkipGate(c, name="key_skip")(out)
+        return out
+
+    def _fuse(self, f_key, f_st, f_flt, f_fgt, rcu_cls, train):
+        """Rule 4 of the module docstring: the RCUs over the branch outputs -> the neck's fused feature."""
+        c = self.channels
         if self.rcu == 0:
             ends = [f for f in (f_st, f_flt, f_fgt) if f is not None]
             return f_key if not ends else sum(ends[1:], ends[0])

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from beltcrack_jax.train import optim, sharding
 from beltcrack_jax.train import curves
@@ -143,6 +144,24 @@ def build_train_data(config, process_index: int, process_count: int) -> TrainDat
     return TrainData(iterator=it, steps_per_epoch=int(it.info["steps_per_epoch"]), sample=sample, dataset=dataset)
 
 
+def build_optimizer(tc, schedule, labels, params) -> optax.GradientTransformation:
+    """The optimiser of `config.train` (`tc`): the reference SGD or AdamW over the parameter groups `labels`,
+    with the updates of the TARFusion parameters scaled by `tc.lr_scale_tar` (1 = the reference: unchanged)."""
+    if tc.optimizer == "sgd":
+        tx = optim.sgd_reference(schedule, labels, momentum=tc.momentum, nesterov=tc.nesterov,
+                                 weight_decay=tc.weight_decay)
+    elif tc.optimizer == "adamw":
+        tx = optim.adamw_grouped(schedule, labels, b1=tc.adam_b1, b2=tc.adam_b2, weight_decay=tc.weight_decay)
+    else:
+        raise ValueError(f"train.optimizer must be 'sgd' (reference) or 'adamw', got {tc.optimizer!r}")
+    scale = float(tc.lr_scale_tar)
+    if not scale > 0:
+        raise ValueError(f"train.lr_scale_tar must be > 0, got {tc.lr_scale_tar!r}")
+    if scale != 1.0:
+        tx = optax.chain(tx, optim.scale_updates_by(optim.lr_scale_tree(params, {optim.TAR_PREFIX: scale})))
+    return tx
+
+
 def build_eval_hook(config, model, mesh) -> Callable | None:
     """The evaluation part's periodic hook, if it provides one (`beltcrack_jax.eval.make_eval_hook`)."""
     try:
@@ -224,13 +243,9 @@ def train_and_evaluate(config, workdir: str, *, model=None, loss_fn: Callable | 
         + (f"SGD momentum {tc.momentum} nesterov {tc.nesterov}" if tc.optimizer == "sgd"
            else f"AdamW b1 {tc.adam_b1} b2 {tc.adam_b2}"))
     schedule = optim.make_schedule(tc.lr, tc.batch_size, spe, tc.epochs, log=log)
-    if tc.optimizer == "sgd":
-        tx = optim.sgd_reference(schedule, labels, momentum=tc.momentum, nesterov=tc.nesterov,
-                                 weight_decay=tc.weight_decay)
-    elif tc.optimizer == "adamw":
-        tx = optim.adamw_grouped(schedule, labels, b1=tc.adam_b1, b2=tc.adam_b2, weight_decay=tc.weight_decay)
-    else:
-        raise ValueError(f"train.optimizer must be 'sgd' (reference) or 'adamw', got {tc.optimizer!r}")
+    tx = build_optimizer(tc, schedule, labels, variables["params"])
+    if tc.lr_scale_tar != 1.0:
+        log(f"lr x {tc.lr_scale_tar} on the TARFusion parameters (neck.tar.*)")
     state = jax.jit(lambda v: create_train_state(v, tx), out_shardings=repl)(variables)
     del variables
 

@@ -195,6 +195,30 @@ def adamw_grouped(learning_rate, labels: Mapping[str, Any], *, b1: float = 0.9, 
     return optax.chain(tx, optax.scale_by_learning_rate(learning_rate))
 
 
+# TARFusion (ATM's normalisation-free conv hourglass), by its reference state-dict prefix.
+TAR_PREFIX = "neck.tar."
+
+
+def lr_scale_tree(params: Mapping[str, Any], prefix_scales: Mapping[str, float]) -> dict[str, Any]:
+    """Tree like `params` of per-leaf update multipliers: `prefix_scales[p]` for the leaves whose reference name
+    (`torch_key`) starts with the prefix p (the first matching prefix), 1.0 for every other leaf."""
+    out = {}
+    for path in flatten(params):
+        name = torch_key("params", tuple(path))
+        out[tuple(path)] = next((float(v) for p, v in prefix_scales.items() if name.startswith(p)), 1.0)
+    return unflatten(out)
+
+
+def scale_updates_by(scales: Mapping[str, Any]) -> optax.GradientTransformation:
+    """Multiplies each update leaf by the matching leaf of `scales` (a tree of floats like the params): a
+    per-parameter learning-rate multiplier, with the decoupled weight decay scaled alike."""
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def momentum_buffers(opt_state) -> dict[str, Any]:
     """{group: momentum-buffer tree} of an `sgd_reference` state (for tests and inspection)."""
     inner = opt_state[0].inner_states
