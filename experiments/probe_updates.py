@@ -30,7 +30,7 @@ def main(argv):
     from beltcrack_jax.data.transforms import normalize
     from beltcrack_jax.models import build_model
     from beltcrack_jax.train import optim
-    from beltcrack_jax.train.loop import default_loss_fn
+    from beltcrack_jax.train.loop import build_optimizer, default_loss_fn
     from beltcrack_jax.train.overfit import load_clips
     from beltcrack_jax.train.state import create_train_state, init_variables
     from beltcrack_jax.train.steps import make_train_step
@@ -44,11 +44,7 @@ def main(argv):
     labels = optim.param_labels(v["params"], v["batch_stats"])
     spe = 4
     sched = optim.make_schedule(tc.lr, tc.batch_size, spe, max(1, _STEPS.value // spe))
-    if tc.optimizer == "adamw":
-        tx = optim.adamw_grouped(sched, labels, weight_decay=tc.weight_decay)
-    else:
-        tx = optim.sgd_reference(sched, labels, momentum=tc.momentum, nesterov=tc.nesterov,
-                                 weight_decay=tc.weight_decay)
+    tx = build_optimizer(tc, sched, labels, v["params"])
     state = create_train_state(v, tx)
     step = jax.jit(make_train_step(model, tx, default_loss_fn(config), normalize=normalize,
                                    frozen=optim.frozen_mask(labels), lr_schedule=sched))

@@ -353,8 +353,8 @@ def test_lr_scale_tar_scales_only_the_tarfusion_updates(optimizer):
             out.append(flatten(u))
         return out
 
-    plain = optax.chain(optim.sgd_reference(0.01, labels, momentum=tc.momentum, weight_decay=tc.weight_decay)
-                        if optimizer == "sgd" else optim.adamw_grouped(0.01, labels, weight_decay=tc.weight_decay))
+    plain = (optim.sgd_reference(0.01, labels, momentum=tc.momentum, weight_decay=tc.weight_decay)
+             if optimizer == "sgd" else optim.adamw_grouped(0.01, labels, weight_decay=tc.weight_decay))
     state, ref = plain.init(params), []
     for g in grads:
         u, state = plain.update(g, state, params)
