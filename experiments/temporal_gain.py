@@ -2,14 +2,16 @@
 Table 5), several seeds each, on data where the key frame alone is ambiguous (configs/veiled.py: strong veils
 over the demo's cracks; configs/ambiguous.py: veils and fainter, thinner cracks).
 
-    python experiments/temporal_gain.py --config veiled [--seeds 0 1 2] [--root W] [--extra --config.x=y ...]
+    python experiments/temporal_gain.py --config veiled [--seeds 0 1 2] [--root W] [--name N]
+        [--extra --config.x=y ...]
     python experiments/temporal_gain.py --config veiled --report-only     # tabulate the finished runs only
 
 Each run: `train.py` (periodic val evaluation keeps the best checkpoint) then `evaluate.py --step best` on the test
 split, in separate processes; finished runs are reused (their workdir resumes and their evaluation is read back).
-Writes experiments/results/temporal_gain_<config>.json, a learning-curve figure (val mAP50 against step, every
-run), and the results table into EXPERIMENTS.md between the `temporal_gain:<config>` markers (default root
-workdirs/temporal_gain_<config>).
+Writes experiments/results/temporal_gain_<name>.json, a learning-curve figure (val mAP50 against step, every
+run), and the results table into EXPERIMENTS.md between the `temporal_gain:<name>` markers (default root
+workdirs/temporal_gain_<name>). The name defaults to the config's; give another one (`--name veiled_old_recipe
+--extra ...`) to keep a variant's runs, files and table apart from the config's own.
 """
 
 from __future__ import annotations
@@ -131,12 +133,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--config", default="veiled", help="packaged config name or config file")
-    ap.add_argument("--root", default=None, help="default workdirs/temporal_gain_<config>")
+    ap.add_argument("--root", default=None, help="default workdirs/temporal_gain_<name>")
     ap.add_argument("--extra", nargs="*", default=[], help="more --config.* flags for every run")
+    ap.add_argument("--name", default=None, help="name of the root, result files and EXPERIMENTS.md markers "
+                                                 "(default: the config's name)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: tabulate the runs of these seeds that have finished")
     args = ap.parse_args(argv)
-    name = pathlib.Path(args.config.partition(":")[0]).stem
+    name = args.name or pathlib.Path(args.config.partition(":")[0]).stem
     root = ROOT / (args.root or f"workdirs/temporal_gain_{name}")
     rows = []
     for seed in args.seeds:

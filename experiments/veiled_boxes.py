@@ -1,6 +1,6 @@
 """Which cracks does each model find: those its key frame shows, or those a transient veil hides in it?
 
-    python experiments/veiled_boxes.py --config veiled [--root workdirs/temporal_gain_veiled] [--veiled 0.5]
+    python experiments/veiled_boxes.py --config veiled [--name N] [--root workdirs/temporal_gain_N] [--veiled 0.5]
 
 The temporal-gain runs (experiments/temporal_gain.py) score the whole test split, where most cracks are plainly
 visible in the key frame and a single-frame model needs nothing more. This re-renders the test split of the
@@ -85,12 +85,14 @@ def score(gt: dict, dets: list[dict], veiled: float, clear: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="veiled", help="config of the runs (configs/<name>.py)")
-    ap.add_argument("--root", default=None, help="runs' root (default workdirs/temporal_gain_<config>)")
+    ap.add_argument("--name", default=None, help="the temporal_gain.py --name of the runs (default: the config)")
+    ap.add_argument("--root", default=None, help="runs' root (default workdirs/temporal_gain_<name>)")
     ap.add_argument("--veiled", type=float, default=0.5, help="key-frame veil cover at which a crack is 'veiled'")
     ap.add_argument("--clear", type=float, default=0.05, help="cover below which a crack is 'clear'")
     args = ap.parse_args(argv)
     cfg = load_config_file(str(ROOT / "configs" / f"{args.config}.py"))
-    root = pathlib.Path(args.root or ROOT / "workdirs" / f"temporal_gain_{args.config}")
+    name = args.name or args.config
+    root = pathlib.Path(args.root or ROOT / "workdirs" / f"temporal_gain_{name}")
     preset, seed = preset_and_seed(cfg.data.name)
     gt = test_gt_with_cover(preset, seed)
     cover = np.array([a["veil_cover"] for a in gt["annotations"]])
@@ -128,9 +130,9 @@ def main(argv=None) -> int:
     lines.append(f"\nGT boxes: {n['all']} in all, {n['veiled']} veiled (cover >= {args.veiled}), {n['clear']} clear "
                  f"(cover < {args.clear}); std over seeds (ddof 1); R = recall at IoU 0.5 over all detections.")
     print("\n".join(lines))
-    out = ROOT / "experiments" / "results" / f"veiled_boxes_{args.config}.json"
-    out.write_text(json.dumps({"config": args.config, "veiled": args.veiled, "clear": args.clear, "runs": runs},
-                              indent=1))
+    out = ROOT / "experiments" / "results" / f"veiled_boxes_{name}.json"
+    out.write_text(json.dumps({"config": args.config, "name": name, "veiled": args.veiled, "clear": args.clear,
+                               "runs": runs}, indent=1))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
