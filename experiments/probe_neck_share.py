@@ -35,10 +35,10 @@ flags.DEFINE_string("out", None, "Optional JSON file for the numbers")
 
 
 def _gate_zeroed(variables: dict) -> dict:
-    params = jax.tree_util.tree_map(lambda a: a, variables["params"])
-    params["neck"] = dict(params["neck"])
-    params["neck"]["key_skip"] = {"scale": jnp.zeros_like(variables["params"]["neck"]["key_skip"]["scale"])}
-    return {**variables, "params": params}
+    """`variables` with the key-skip gate at zero (everything else shared, not copied)."""
+    params, neck = variables["params"], variables["params"]["neck"]
+    gate = {"scale": jnp.zeros_like(neck["key_skip"]["scale"])}
+    return {**variables, "params": {**params, "neck": {**neck, "key_skip": gate}}}
 
 
 def main(argv):
@@ -52,8 +52,8 @@ def main(argv):
         raise SystemExit("probe_neck_share: the config has model.key_skip=False; pass the run's flags "
                          "(--config.model.key_skip=True ...)")
     ev = Evaluator(cfg, split=flags.FLAGS.split, log=lambda s: None)
-    variables, info = load_variables(cfg, workdir=flags.FLAGS.workdir, step=flags.FLAGS.step, use_ema=bool(cfg.eval.use_ema),
-                                     model=ev.model, log=lambda s: None)
+    variables, info = load_variables(cfg, workdir=flags.FLAGS.workdir, step=flags.FLAGS.step,
+                                     use_ema=bool(cfg.eval.use_ema), model=ev.model, log=lambda s: None)
     gate = np.asarray(variables["params"]["neck"]["key_skip"]["scale"])
 
     batch = next(iter(ev._batches()))

@@ -23,11 +23,12 @@ Departures from the reference recipe (configs/default.py), and why (EXPERIMENTS.
     where AdamW reached 0.52); flip and HSV augmentation; train and test both stretch-resize;
   * a key-frame skip around the neck (`model.key_skip`: the head reads F_key + g * neck output, the per-channel
     gate g zero at init) with a 10x smaller lr on the TARFusion hourglass (`train.lr_scale_tar=0.1`). From scratch
-    the reference network sits on a loss plateau for a draw-dependent 300-550 steps (the single frame has none)
+    the reference network sits on a loss plateau for a draw-dependent 200-600 steps (the single frame has none)
     and its normalisation-free hourglass output grows ~1e7x at this lr; with both it starts as the single-frame
     detector, opens the gate as the neck helps (|g| ~0.1, the neck ~1/3 of the head input's RMS; zeroing g at
-    test time costs 0.26 mAP50) and has no plateau: test mAP50 0.684 instead of 0.398 on the seed-11 draw
-    (EXPERIMENTS.md, section 2d). The skip alone diverges (the hourglass overflows), hence the pair.
+    test time costs ~0.26 mAP50) and has no plateau: test mAP50 0.710 / 0.548 / 0.684 against 0.424 / 0.241 /
+    0.544 on the demo draws 0 / 7 / 11, same host (EXPERIMENTS.md, section 2d). The skip alone diverges (the
+    hourglass overflows), hence the pair.
 """
 
 from beltcrack_jax.configs import default as _default
@@ -58,10 +59,10 @@ def get_config():
     c.train.lr.base = 0.04                # lr_max = 8/64 x 0.04 = 5e-3 (no clamp)
     c.train.lr.min = 0.0004               # lr_min = lr_max / 100
     c.train.lr.clamp = False
-    c.train.lr_scale_tar = 0.1            # TARFusion at lr_max / 10 = 5e-4 (its output stays at RMS ~0.25)
     c.train.lr.unit = "step"
     c.train.lr.warmup_epochs = 1
     c.train.lr.no_aug_epochs = 0
+    c.train.lr_scale_tar = 0.1            # TARFusion at lr_max / 10 = 5e-4 (its output stays at RMS ~0.25)
     c.train.log_every_steps = 50
     c.train.checkpoint_every_epochs = 7
     c.train.eval_every_epochs = 7         # val mAP50 at the end -> best checkpoint (one eval: time)
