@@ -20,6 +20,15 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _override(item: str) -> tuple[str, object]:
+    """'section.field=value' -> ('section.field', value as a Python literal, else the string)."""
+    key, _, raw = item.partition("=")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", choices=("full", "single_frame"), default="full")
@@ -43,17 +52,7 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         cfg = learning_config(args.data_dir, **(SINGLE_FRAME if args.variant == "single_frame" else {}))
         cfg.seed = seed
-        for item in args.set:
-            key, _, raw = item.partition("=")
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw
-            *path, field = key.split(".")
-            node = cfg
-            for part in path:
-                node = node[part]
-            node[field] = value
+        cfg.update_from_flattened_dict(dict(_override(item) for item in args.set))
         res = overfit(cfg, args.clips or CLIPS, args.steps or STEPS, log=lambda s: None)
         gate = res["state"].params.get("neck", {}).get("key_skip")
         row = {"variant": args.variant, "seed": seed, "set": args.set,

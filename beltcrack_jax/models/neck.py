@@ -23,7 +23,7 @@ and `rcu` (0..3); all on with rcu=3 is the reference network. Only the modules a
 
 `key_skip` (off = the reference): the head receives F_key + gate * (the fused feature above), with a per-channel
 gate that starts at zero, so training starts from the single-frame detector. Why: from scratch the full network
-sits on a loss plateau for a draw-dependent 200-550 steps that the single-frame one does not have
+sits on a loss plateau for a draw-dependent 200-600 steps that the single-frame one does not have
 (EXPERIMENTS.md, section 2b). Alone, with the demo recipe, it diverged at step 119 (the normalisation-free
 TARFusion output overflowed; section 2c); with `train.lr_scale_tar=0.1` it removes the plateau, the gate opens
 (|gate| ~0.1 at the end of the demo, where zeroing it costs 0.26 test mAP50) and the demo scores higher on every
